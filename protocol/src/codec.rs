@@ -1,0 +1,436 @@
+//! Encoding and decoding of envelopes and payloads, with a size limit.
+//!
+//! An envelope is a MessagePack map with string keys (see SPEC.md, "Envelope"). A frame
+//! on the event path holds either one envelope (a map) or a batch (an array of maps that
+//! share one topic). Decoding never panics: every malformed input is a [`DecodeError`].
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Body, Envelope, Kind, MessageId, NodeId, PROTOCOL_VERSION};
+use crate::name::Topic;
+use crate::status::{Code, Status};
+
+/// The default maximum size of one frame, in bytes (1 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
+
+/// Why bytes could not be decoded into an envelope or a payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The frame is over the receiver's size limit.
+    #[error("message is {size} bytes, the limit is {max}")]
+    TooLarge {
+        /// Size of the frame.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The envelope's protocol version is not [`PROTOCOL_VERSION`].
+    #[error("protocol version {got} is not supported (this node speaks {PROTOCOL_VERSION})")]
+    Version {
+        /// The version found.
+        got: u16,
+    },
+    /// Not a MessagePack value of the right shape.
+    #[error("malformed MessagePack: {0}")]
+    Malformed(String),
+    /// A required field is missing.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// A field has a wrong type or value.
+    #[error("invalid field `{field}`: {reason}")]
+    Invalid {
+        /// The offending field (a dotted path for payloads).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl DecodeError {
+    /// The standard status that reports this error to the sender.
+    pub fn to_status(&self) -> Status {
+        let status = match self {
+            DecodeError::TooLarge { .. } => Status::error(Code::TooLarge, self.to_string()),
+            DecodeError::Version { .. } => Status::error(Code::VersionMismatch, self.to_string()),
+            _ => Status::error(Code::InvalidArgument, self.to_string()),
+        };
+        match self {
+            DecodeError::Missing(field) => status.with_field(*field),
+            DecodeError::Invalid { field, .. } => status.with_field(field.clone()),
+            _ => status,
+        }
+    }
+}
+
+/// Why a value could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded message would be over the size limit.
+    #[error("message is {size} bytes, the limit is {max}")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The value cannot be represented in MessagePack.
+    #[error("cannot encode: {0}")]
+    Serialize(String),
+}
+
+impl EncodeError {
+    /// The standard status for this error.
+    pub fn to_status(&self) -> Status {
+        match self {
+            EncodeError::TooLarge { .. } => Status::error(Code::TooLarge, self.to_string()),
+            EncodeError::Serialize(_) => Status::error(Code::InvalidArgument, self.to_string()),
+        }
+    }
+}
+
+/// The wire form of an envelope, borrowed for encoding.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    v: u16,
+    #[serde(with = "serde_bytes")]
+    id: &'a [u8],
+    #[serde(rename = "type")]
+    topic: &'a str,
+    kind: &'static str,
+    #[serde(with = "serde_bytes")]
+    source: &'a [u8],
+    time: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_bytes")]
+    re: Option<&'a [u8]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a Status>,
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+}
+
+/// The wire form of an envelope, borrowed from the frame for decoding. Every field is
+/// optional here so that a missing one becomes [`DecodeError::Missing`] with its name.
+#[derive(Deserialize)]
+struct WireIn<'a> {
+    #[serde(default)]
+    v: Option<u16>,
+    #[serde(default, borrow, with = "opt_bytes")]
+    id: Option<&'a [u8]>,
+    #[serde(default, rename = "type", borrow)]
+    topic: Option<&'a str>,
+    #[serde(default, borrow)]
+    kind: Option<&'a str>,
+    #[serde(default, borrow, with = "opt_bytes")]
+    source: Option<&'a [u8]>,
+    #[serde(default)]
+    time: Option<u64>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    deadline: Option<u32>,
+    #[serde(default, borrow, with = "opt_bytes")]
+    re: Option<&'a [u8]>,
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default, borrow, with = "opt_bytes")]
+    data: Option<&'a [u8]>,
+}
+
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_bytes(b),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<&'de [u8]>, D::Error> {
+        Option::<&'de serde_bytes::Bytes>::deserialize(d).map(|o| o.map(|b| &b[..]))
+    }
+}
+
+/// Encodes and decodes envelopes under a size limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    max_size: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_MESSAGE_SIZE)
+    }
+}
+
+impl Codec {
+    /// A codec that refuses frames over `max_size` bytes.
+    pub const fn new(max_size: usize) -> Self {
+        Self { max_size }
+    }
+
+    /// The size limit.
+    pub const fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// Encodes one envelope.
+    pub fn encode(&self, env: &Envelope) -> Result<Vec<u8>, EncodeError> {
+        let Envelope {
+            version,
+            id,
+            topic,
+            source,
+            time,
+            body,
+            data,
+        } = env;
+        let (seq, deadline, re, status) = match body {
+            Body::Event { seq } => (Some(*seq), None, None, None),
+            Body::Request { deadline_ms } => (None, Some(*deadline_ms), None, None),
+            Body::Reply { re, status } => (None, None, Some(&re.as_bytes()[..]), Some(status)),
+        };
+        let wire = WireOut {
+            v: *version,
+            id: id.as_bytes(),
+            topic: topic.as_str(),
+            kind: env.kind().as_str(),
+            source: source.as_bytes(),
+            time: *time,
+            seq,
+            deadline,
+            re,
+            status,
+            data,
+        };
+        let mut out = Vec::with_capacity(96 + topic.as_str().len() + data.len());
+        rmp_serde::encode::write_named(&mut out, &wire)
+            .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+        if out.len() > self.max_size {
+            return Err(EncodeError::TooLarge {
+                size: out.len(),
+                max: self.max_size,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decodes one envelope. `frame` is sliced, not copied, for the payload.
+    pub fn decode(&self, frame: &Bytes) -> Result<Envelope, DecodeError> {
+        self.check_size(frame)?;
+        let wire: WireIn<'_> =
+            rmp_serde::from_slice(frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        from_wire(wire, frame)
+    }
+
+    /// Decodes an event frame: one envelope, or a batch of envelopes (an array).
+    pub fn decode_frame(&self, frame: &Bytes) -> Result<Vec<Envelope>, DecodeError> {
+        self.check_size(frame)?;
+        if !is_batch(frame) {
+            return self.decode(frame).map(|e| vec![e]);
+        }
+        let wires: Vec<WireIn<'_>> =
+            rmp_serde::from_slice(frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        wires.into_iter().map(|w| from_wire(w, frame)).collect()
+    }
+
+    /// Reads the `id` of a frame that may not decode as a whole, so that an error reply
+    /// can still name the request it answers.
+    pub fn peek_id(frame: &[u8]) -> Option<MessageId> {
+        #[derive(Deserialize)]
+        struct IdOnly<'a> {
+            #[serde(default, borrow, with = "opt_bytes")]
+            id: Option<&'a [u8]>,
+        }
+        let w: IdOnly<'_> = rmp_serde::from_slice(frame).ok()?;
+        w.id.and_then(MessageId::from_slice)
+    }
+
+    fn check_size(&self, frame: &[u8]) -> Result<(), DecodeError> {
+        if frame.len() > self.max_size {
+            return Err(DecodeError::TooLarge {
+                size: frame.len(),
+                max: self.max_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Whether an event frame is a batch (a MessagePack array) rather than one envelope.
+pub fn is_batch(frame: &[u8]) -> bool {
+    matches!(frame.first(), Some(0x90..=0x9f | 0xdc | 0xdd))
+}
+
+/// Joins already-encoded envelopes into one batch frame (a MessagePack array).
+pub fn encode_batch<'a>(parts: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let n = parts.len();
+    let mut out = Vec::new();
+    // Writing an array header into a Vec cannot fail.
+    let _ = rmp::encode::write_array_len(&mut out, n as u32);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+fn from_wire(w: WireIn<'_>, frame: &Bytes) -> Result<Envelope, DecodeError> {
+    let version = w.v.ok_or(DecodeError::Missing("v"))?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::Version { got: version });
+    }
+    let invalid = |field: &str, reason: &str| DecodeError::Invalid {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let id = w.id.ok_or(DecodeError::Missing("id"))?;
+    let id = MessageId::from_slice(id).ok_or_else(|| invalid("id", "must be 16 bytes"))?;
+    let topic = w.topic.ok_or(DecodeError::Missing("type"))?;
+    let topic = Topic::new(topic).map_err(|e| invalid("type", &e.to_string()))?;
+    let kind = w.kind.ok_or(DecodeError::Missing("kind"))?;
+    let kind =
+        Kind::from_wire(kind).ok_or_else(|| invalid("kind", "must be event, request or reply"))?;
+    let source = w.source.ok_or(DecodeError::Missing("source"))?;
+    let source = NodeId::from_slice(source).ok_or_else(|| invalid("source", "must be 16 bytes"))?;
+    let time = w.time.ok_or(DecodeError::Missing("time"))?;
+    let body = match kind {
+        Kind::Event => Body::Event {
+            seq: w.seq.ok_or(DecodeError::Missing("seq"))?,
+        },
+        Kind::Request => Body::Request {
+            deadline_ms: w.deadline.ok_or(DecodeError::Missing("deadline"))?,
+        },
+        Kind::Reply => Body::Reply {
+            re: w
+                .re
+                .and_then(MessageId::from_slice)
+                .ok_or(DecodeError::Missing("re"))?,
+            status: w.status.ok_or(DecodeError::Missing("status"))?,
+        },
+    };
+    let data = w.data.ok_or(DecodeError::Missing("data"))?;
+    Ok(Envelope {
+        version,
+        id,
+        topic,
+        source,
+        time,
+        body,
+        data: frame.slice_ref(data),
+    })
+}
+
+/// Encodes a payload as a MessagePack map with named fields.
+pub fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    rmp_serde::to_vec_named(value).map_err(|e| EncodeError::Serialize(e.to_string()))
+}
+
+/// Decodes a payload; a type error names the offending field as a dotted path.
+pub fn from_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, DecodeError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(data);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        if field == "." || field.is_empty() {
+            DecodeError::Malformed(reason)
+        } else {
+            DecodeError::Invalid { field, reason }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(s: &str) -> Topic {
+        Topic::new(s).expect("valid")
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let c = Codec::default();
+        let src = NodeId::new();
+        let req = Envelope::request(topic("a.do"), src, 250, Bytes::from_static(b"\x80"));
+        let envs = [
+            Envelope::event(topic("a.done"), src, 7, Bytes::from_static(b"\xc0")),
+            req.clone(),
+            Envelope::reply_to(&req, src, Status::ok(), Bytes::from_static(b"\x80")),
+            Envelope::reply_to(
+                &req,
+                src,
+                Status::error(Code::NotFound, "no such run").with_field("run_id"),
+                Bytes::new(),
+            ),
+        ];
+        for env in envs {
+            let bytes = Bytes::from(c.encode(&env).expect("encode"));
+            assert_eq!(c.decode(&bytes).expect("decode"), env);
+        }
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        let c = Codec::default();
+        let src = NodeId::new();
+        let envs: Vec<_> = (1..=3)
+            .map(|i| Envelope::event(topic("a.b"), src, i, Bytes::from_static(b"\x01")))
+            .collect();
+        let parts: Vec<Vec<u8>> = envs.iter().map(|e| c.encode(e).expect("enc")).collect();
+        let frame = Bytes::from(encode_batch(parts.iter().map(|p| &p[..])));
+        assert!(is_batch(&frame));
+        assert_eq!(c.decode_frame(&frame).expect("decode"), envs);
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        let c = Codec::new(64);
+        assert!(matches!(
+            c.decode(&Bytes::from(vec![0u8; 65])),
+            Err(DecodeError::TooLarge { size: 65, max: 64 })
+        ));
+        assert!(matches!(
+            c.decode(&Bytes::from_static(b"\xc1")),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            c.decode(&Bytes::from_static(b"\x80")),
+            Err(DecodeError::Missing("v"))
+        ));
+        // {"v": 9}
+        assert_eq!(
+            c.decode(&Bytes::from_static(b"\x81\xa1v\x09")),
+            Err(DecodeError::Version { got: 9 })
+        );
+    }
+
+    #[test]
+    fn payload_errors_name_the_field() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct P {
+            name: String,
+            n: u32,
+        }
+        let bytes = to_payload(&serde_json_like()).expect("enc");
+        let err = from_payload::<P>(&bytes).expect_err("wrong type");
+        assert!(
+            matches!(err, DecodeError::Invalid { ref field, .. } if field == "n"),
+            "{err:?}"
+        );
+    }
+
+    fn serde_json_like() -> std::collections::BTreeMap<&'static str, &'static str> {
+        [("name", "x"), ("n", "not a number")].into_iter().collect()
+    }
+}

@@ -1,0 +1,39 @@
+//! # mlmesh-protocol
+//!
+//! The mlmesh standard as Rust types: what goes on the wire, and nothing else (no I/O,
+//! no sockets, no async). The normative text is `SPEC.md` in this crate; this crate is
+//! its reference implementation and its test vectors are checked byte for byte.
+//!
+//! ## Layout
+//! - [`name`]: [`Topic`] and [`Pattern`], validated names and wildcard matching.
+//! - [`status`]: the closed table of status [`Code`]s and the [`Status`] of a reply.
+//! - [`envelope`]: the [`Envelope`] every message travels in, with [`MessageId`] and [`NodeId`].
+//! - [`codec`]: MessagePack encoding with a size limit; typed [`DecodeError`]s.
+//! - [`sys`]: payloads of the runtime's reserved `sys.*` topics.
+//!
+//! ```
+//! use mlmesh_protocol::{Codec, Envelope, NodeId, Topic};
+//!
+//! let codec = Codec::default();
+//! let data = mlmesh_protocol::to_payload(&("epoch", 3)).unwrap();
+//! let env = Envelope::event(Topic::new("train.epoch.ended").unwrap(), NodeId::new(), 1, data.into());
+//! let bytes = codec.encode(&env).unwrap();
+//! assert_eq!(codec.decode(&bytes.into()).unwrap(), env);
+//! ```
+
+pub mod codec;
+pub mod envelope;
+pub mod name;
+pub mod status;
+pub mod sys;
+
+pub use codec::{
+    encode_batch, from_payload, is_batch, to_payload, Codec, DecodeError, EncodeError,
+    DEFAULT_MAX_MESSAGE_SIZE,
+};
+pub use envelope::{now_nanos, Body, Envelope, Kind, MessageId, NodeId, PROTOCOL_VERSION};
+pub use name::{NameError, Pattern, Topic};
+pub use status::{Code, Status};
+
+/// The mDNS service type every node advertises.
+pub const MDNS_SERVICE_TYPE: &str = "_mlmesh._tcp.local.";
