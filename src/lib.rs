@@ -1,1 +1,58 @@
-//! placeholder
+//! # mlmesh
+//!
+//! The mlmesh node runtime. Every MLOps component is a *node*: it finds its peers over
+//! mDNS (or configured seeds), publishes *events* to every interested peer over ZeroMQ
+//! PUB/SUB, and serves *instructions* over ROUTER/DEALER, each answered by an *ack*
+//! (a reply with a standard status). The wire format and the standard names live in
+//! [`mlmesh_protocol`] and its `SPEC.md`.
+//!
+//! ## Layout
+//! - [`config`]: [`Config`], loaded from defaults < TOML file < `MLMESH_*` environment.
+//! - `node`: [`Node::builder`] registers handlers and spawns a [`NodeHandle`].
+//! - `peers`: the peer table and liveness (alive, suspect, gone) from heartbeats.
+//! - `discovery`: mDNS and seeds; both end in a `sys.describe` call.
+//! - `transport`: the bounded publish queue in front of PUB, a SUB per peer, the
+//!   ROUTER server with bounded concurrency, a DEALER client per peer.
+//! - `rpc`: routing (least outstanding), deadlines, retries, broadcast.
+//! - `events`: pattern subscriptions, bounded streams and sequence-gap counting.
+//!
+//! ## Example
+//! ```no_run
+//! use mlmesh::{Config, Node, Status};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Add { a: i64, b: i64 }
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let calc = Node::builder(Config::local("calc", "demo"))
+//!     .handle("math.add", |req: Add, _ctx| async move { Ok::<_, Status>(req.a + req.b) })
+//!     .spawn()
+//!     .await?;
+//! let sum: i64 = calc.request("math.add", &Add { a: 2, b: 3 }).await?;
+//! assert_eq!(sum, 5);
+//! calc.publish("math.added", &sum).await?;
+//! calc.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod discovery;
+mod events;
+mod handler;
+mod node;
+mod peers;
+mod rpc;
+mod transport;
+
+pub use config::{Config, ConfigError, Overflow};
+pub use events::{Event, Subscription};
+pub use handler::Ctx;
+pub use node::{
+    Ack, BuildError, CallOptions, IntoTopic, Node, NodeBuilder, NodeHandle, PublishError, Stats,
+    IMPLEMENTATION,
+};
+pub use peers::{LeftReason, PeerEvent, PeerInfo, PeerState, Via};
+
+pub use mlmesh_protocol as protocol;
+pub use mlmesh_protocol::{Code, NodeId, Status, Topic};

@@ -228,8 +228,7 @@ impl Codec {
     /// Decodes one envelope. `frame` is sliced, not copied, for the payload.
     pub fn decode(&self, frame: &Bytes) -> Result<Envelope, DecodeError> {
         self.check_size(frame)?;
-        let wire: WireIn<'_> =
-            rmp_serde::from_slice(frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let wire: WireIn<'_> = rmp_serde::from_slice(frame).map_err(|e| malformed(frame, e))?;
         from_wire(wire, frame)
     }
 
@@ -264,6 +263,20 @@ impl Codec {
             });
         }
         Ok(())
+    }
+}
+
+/// A frame that does not decode: if it is a map with another `v`, that is the reason
+/// (a later version may change the type of any other key).
+fn malformed(frame: &[u8], e: rmp_serde::decode::Error) -> DecodeError {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        #[serde(default)]
+        v: Option<u16>,
+    }
+    match rmp_serde::from_slice::<VersionOnly>(frame) {
+        Ok(VersionOnly { v: Some(v) }) if v != PROTOCOL_VERSION => DecodeError::Version { got: v },
+        _ => DecodeError::Malformed(e.to_string()),
     }
 }
 

@@ -105,7 +105,7 @@ impl<'de> Deserialize<'de> for Code {
 }
 
 /// The outcome carried by a reply: OK, or an error with a code, a message and,
-/// where one input is to blame, the offending field (a dotted path such as `metrics.3.key`).
+/// where one input is to blame, the offending field (a path such as `metrics[3].key`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The status code.

@@ -3,7 +3,7 @@
 //! | topic | kind | payload |
 //! |---|---|---|
 //! | `sys.heartbeat` | event | [`Heartbeat`] |
-//! | `sys.describe` | request / reply | `{}` / [`Describe`] |
+//! | `sys.describe` | request / reply | [`DescribeRequest`] / [`Describe`] |
 //! | `sys.ping` | request / reply | `{}` / [`Pong`] |
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,16 @@ pub struct PeerRecord {
     pub name: String,
     /// The peer's endpoints.
     pub endpoints: Endpoints,
+}
+
+/// The payload of a `sys.describe` request. A node that asks while looking for peers
+/// names itself, so that the answering node can describe it in turn (a seed learns of
+/// every node that contacts it). `{}` is a valid request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeRequest {
+    /// The asking node, if it wants to be known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<PeerRecord>,
 }
 
 /// The answer to `sys.describe`: who a node is and what it serves.

@@ -1,0 +1,327 @@
+//! Routing instructions: pick a live provider, send with a deadline, retry elsewhere
+//! only when the error proves the request was not executed; and broadcast.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use mlmesh_protocol::{Body, Code, Envelope, MessageId, NodeId, Status, Topic, PROTOCOL_VERSION};
+
+use crate::handler::Ctx;
+use crate::node::{Ack, CallOptions, Inner, NodeHandle};
+use crate::peers::Liveness;
+use crate::transport::server::run_handler;
+
+/// Attempts per call, the first included.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Where one attempt goes.
+#[derive(Clone)]
+enum Provider {
+    Local,
+    Remote {
+        id: NodeId,
+        name: String,
+        endpoint: String,
+        live: Arc<Liveness>,
+    },
+}
+
+impl Provider {
+    fn id(&self, inner: &Inner) -> NodeId {
+        match self {
+            Provider::Local => inner.id,
+            Provider::Remote { id, .. } => *id,
+        }
+    }
+}
+
+/// Errors after which another provider may be tried: the request was not executed.
+fn try_elsewhere(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::ResourceExhausted)
+}
+
+fn invalid(message: impl Into<String>, field: &str) -> Status {
+    Status::error(Code::InvalidArgument, message).with_field(field)
+}
+
+pub(crate) async fn call(
+    inner: &Arc<Inner>,
+    handle: &NodeHandle,
+    topic: Topic,
+    data: Bytes,
+    options: CallOptions,
+) -> Result<Bytes, Status> {
+    let deadline = Instant::now()
+        + options
+            .deadline
+            .unwrap_or_else(|| inner.config.default_deadline());
+    if topic.is_reserved() && options.target.is_none() {
+        return Err(invalid(
+            format!("{topic} is answered by every node: name a target node"),
+            "type",
+        ));
+    }
+    let _slot = acquire_slot(inner, deadline).await?;
+    let id = MessageId::new();
+    let mut tried: Vec<NodeId> = Vec::new();
+    let mut last: Option<Status> = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let provider = match options.target {
+            Some(target) if tried.is_empty() => Some(resolve_target(inner, &topic, target)?),
+            Some(_) => None,
+            None => pick(inner, &topic, &tried),
+        };
+        let Some(provider) = provider else { break };
+        match call_one(inner, handle, &provider, &topic, id, data.clone(), deadline).await {
+            Ok(reply) => return Ok(reply),
+            Err(status) if try_elsewhere(status.code) && Instant::now() < deadline => {
+                tracing::debug!(%topic, %status, "retrying on another provider");
+                tried.push(provider.id(inner));
+                last = Some(status);
+            }
+            Err(status) => return Err(status),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Status::error(
+            Code::NoResponders,
+            format!(
+                "no live node in mesh {} serves {topic}",
+                inner.config.node.mesh
+            ),
+        )
+    }))
+}
+
+pub(crate) async fn broadcast(
+    inner: &Arc<Inner>,
+    handle: &NodeHandle,
+    topic: Topic,
+    data: Bytes,
+    deadline: Option<Duration>,
+) -> Result<Vec<Ack<Bytes>>, Status> {
+    if topic.is_reserved() {
+        return Err(invalid(format!("{topic} cannot be broadcast"), "type"));
+    }
+    let deadline = Instant::now() + deadline.unwrap_or_else(|| inner.config.default_deadline());
+    let providers = providers(inner, &topic);
+    if providers.is_empty() {
+        return Err(Status::error(
+            Code::NoResponders,
+            format!(
+                "no live node in mesh {} serves {topic}",
+                inner.config.node.mesh
+            ),
+        ));
+    }
+    let id = MessageId::new();
+    let calls = providers.into_iter().map(|p| {
+        let data = data.clone();
+        let topic = topic.clone();
+        async move {
+            let result = call_one(inner, handle, &p, &topic, id, data, deadline).await;
+            let (node, name) = match &p {
+                Provider::Local => (inner.id, inner.config.node.name.clone()),
+                Provider::Remote { id, name, .. } => (*id, name.clone()),
+            };
+            Ack { node, name, result }
+        }
+    });
+    Ok(futures::future::join_all(calls).await)
+}
+
+/// Waits for one of the node's outgoing-request slots, until the deadline.
+async fn acquire_slot(
+    inner: &Inner,
+    deadline: Instant,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    let until = tokio::time::Instant::from_std(deadline);
+    match tokio::time::timeout_at(until, inner.in_flight.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) => Err(Status::error(
+            Code::Unavailable,
+            "the node is shutting down",
+        )),
+        Err(_) => Err(Status::error(
+            Code::DeadlineExceeded,
+            "the deadline passed while waiting for an in-flight slot",
+        )),
+    }
+}
+
+fn resolve_target(inner: &Inner, topic: &Topic, target: NodeId) -> Result<Provider, Status> {
+    if target == inner.id {
+        return Ok(Provider::Local);
+    }
+    let peers = inner.peers();
+    let peer = peers.get(&target).ok_or_else(|| {
+        Status::error(
+            Code::NoResponders,
+            format!("node {target} is not a live peer (for {topic})"),
+        )
+    })?;
+    Ok(Provider::Remote {
+        id: target,
+        name: peer.describe.name.clone(),
+        endpoint: peer.describe.endpoints.rpc.clone(),
+        live: peer.live.clone(),
+    })
+}
+
+fn providers(inner: &Inner, topic: &Topic) -> Vec<Provider> {
+    let mut out: Vec<Provider> = inner
+        .peers()
+        .providers(topic)
+        .into_iter()
+        .map(|(id, name, endpoint, live)| Provider::Remote {
+            id,
+            name,
+            endpoint,
+            live,
+        })
+        .collect();
+    if inner.handlers.contains_key(topic) {
+        out.push(Provider::Local);
+    }
+    out
+}
+
+/// The live provider with the fewest outstanding requests; ties rotate.
+fn pick(inner: &Inner, topic: &Topic, tried: &[NodeId]) -> Option<Provider> {
+    static ROTATE: AtomicUsize = AtomicUsize::new(0);
+    let candidates: Vec<Provider> = providers(inner, topic)
+        .into_iter()
+        .filter(|p| !tried.contains(&p.id(inner)))
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    let load = |p: &Provider| match p {
+        Provider::Local => inner.local_outstanding.load(Ordering::Relaxed),
+        Provider::Remote { live, .. } => live.outstanding.load(Ordering::Relaxed),
+    };
+    let start = ROTATE.fetch_add(1, Ordering::Relaxed) % candidates.len();
+    (0..candidates.len())
+        .map(|i| &candidates[(start + i) % candidates.len()])
+        .min_by_key(|p| load(p))
+        .cloned()
+}
+
+/// Counts an outstanding request for as long as it lives.
+struct Outstanding<'a>(&'a AtomicUsize);
+
+impl<'a> Outstanding<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn call_one(
+    inner: &Arc<Inner>,
+    handle: &NodeHandle,
+    provider: &Provider,
+    topic: &Topic,
+    id: MessageId,
+    data: Bytes,
+    deadline: Instant,
+) -> Result<Bytes, Status> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(Status::error(Code::DeadlineExceeded, "the deadline passed"));
+    }
+    match provider {
+        Provider::Local => {
+            let _count = Outstanding::new(&inner.local_outstanding);
+            call_local(inner, handle, topic, id, data, deadline).await
+        }
+        Provider::Remote { endpoint, live, .. } => {
+            let _count = Outstanding::new(&live.outstanding);
+            let env = Envelope {
+                version: PROTOCOL_VERSION,
+                id,
+                topic: topic.clone(),
+                source: inner.id,
+                time: mlmesh_protocol::now_nanos(),
+                body: Body::Request {
+                    deadline_ms: u32::try_from(remaining.as_millis())
+                        .unwrap_or(u32::MAX)
+                        .max(1),
+                },
+                data,
+            };
+            let frame = inner.codec.encode(&env).map_err(|e| e.to_status())?;
+            let timeout = std::time::Duration::from_millis(inner.config.limits.connect_timeout_ms);
+            let client = inner
+                .clients
+                .get(endpoint, inner.codec, timeout, &inner.cancel);
+            let reply = client.call(id, frame, deadline).await?;
+            live.touch();
+            match reply.body {
+                Body::Reply { status, .. } if status.is_ok() => Ok(reply.data),
+                Body::Reply { status, .. } => Err(status),
+                _ => Err(Status::error(
+                    Code::Internal,
+                    "the provider answered with a non-reply",
+                )),
+            }
+        }
+    }
+}
+
+/// Runs an instruction on this node's own handler, without the network.
+async fn call_local(
+    inner: &Arc<Inner>,
+    handle: &NodeHandle,
+    topic: &Topic,
+    id: MessageId,
+    data: Bytes,
+    deadline: Instant,
+) -> Result<Bytes, Status> {
+    if let Some(reply) = inner.sys_reply(topic, &data) {
+        return reply;
+    }
+    let Some(handler) = inner.local_handler(topic) else {
+        return Err(Status::error(
+            Code::Unimplemented,
+            format!("node {} does not serve {topic}", inner.config.node.name),
+        )
+        .with_field("type"));
+    };
+    if inner.closing.load(Ordering::Relaxed) {
+        return Err(Status::error(
+            Code::Unavailable,
+            "the node is shutting down",
+        ));
+    }
+    let Ok(_permit) = inner.serving.clone().try_acquire_owned() else {
+        return Err(Status::error(
+            Code::ResourceExhausted,
+            "this node is executing its limit of instructions",
+        ));
+    };
+    let ctx = Ctx {
+        node: handle.clone(),
+        topic: topic.clone(),
+        source: inner.id,
+        id,
+        deadline,
+    };
+    let fut = run_handler(inner, handler.call(data, ctx));
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::error(
+            Code::DeadlineExceeded,
+            "no reply by the deadline",
+        )),
+    }
+}

@@ -1,0 +1,96 @@
+//! The event path out: a bounded queue in front of the PUB socket, batching a backlog.
+//!
+//! zmq.rs's PUB never applies backpressure (it queues up to 100,000 frames per
+//! subscriber), so this queue is where the node's own bound and drop policy live.
+//! When the queue is idle an event goes out alone at once; when a backlog has built
+//! up, consecutive events of one topic are joined into one batch frame of at most
+//! `limits.batch_max_bytes`, which cuts per-frame costs several fold.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
+
+use mlmesh_protocol::{encode_batch, Topic};
+
+use crate::node::{bump, BuildError, Inner};
+
+/// Most envelopes in one batch frame.
+const BATCH_MAX_COUNT: usize = 1024;
+
+/// An encoded envelope on its way to the PUB socket.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) topic: Topic,
+    pub(crate) frame: Bytes,
+}
+
+pub(crate) async fn bind(ip: Ipv4Addr, port: u16) -> Result<(PubSocket, u16), BuildError> {
+    let mut socket = PubSocket::new();
+    let endpoint = format!("tcp://{ip}:{port}");
+    let bound = socket.bind(&endpoint).await.map_err(|e| BuildError::Bind {
+        socket: "pub",
+        endpoint,
+        reason: e.to_string(),
+    })?;
+    Ok((socket, super::port_of(&bound)))
+}
+
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    mut socket: PubSocket,
+    mut queue: mpsc::Receiver<Outgoing>,
+    mut control: mpsc::Receiver<Outgoing>,
+) {
+    let budget = inner.config.limits.batch_max_bytes;
+    let mut held: Option<Outgoing> = None;
+    let mut parts: Vec<Bytes> = Vec::with_capacity(64);
+    loop {
+        let first = match held.take() {
+            Some(out) => out,
+            None => tokio::select! {
+                biased;
+                Some(out) = control.recv() => out,
+                Some(out) = queue.recv() => out,
+                _ = inner.cancel.cancelled() => break,
+                else => break,
+            },
+        };
+        // Gather a batch only from what is already waiting: an idle queue adds no delay.
+        let mut size = first.frame.len();
+        let topic = first.topic;
+        parts.clear();
+        parts.push(first.frame);
+        while parts.len() < BATCH_MAX_COUNT {
+            let Ok(next) = queue.try_recv() else { break };
+            if next.topic != topic || size + next.frame.len() > budget {
+                held = Some(next);
+                break;
+            }
+            size += next.frame.len();
+            parts.push(next.frame);
+        }
+        let body = if parts.len() == 1 {
+            parts.pop().unwrap_or_default()
+        } else {
+            Bytes::from(encode_batch(parts.iter().map(|p| &p[..])))
+        };
+        let mut msg = ZmqMessage::from(Bytes::copy_from_slice(topic.as_str().as_bytes()));
+        msg.push_back(body);
+        if let Err(e) = socket.send(msg).await {
+            tracing::warn!(error = %e, "PUB send failed");
+        }
+        bump(&inner.counters.frames_published, 1);
+    }
+    // Flush what the shutdown path left (the leaving heartbeat among it), bounded.
+    while let Ok(out) = control.try_recv().or_else(|_| queue.try_recv()) {
+        let mut msg = ZmqMessage::from(Bytes::copy_from_slice(out.topic.as_str().as_bytes()));
+        msg.push_back(out.frame);
+        let _ = socket.send(msg).await;
+    }
+    // Give the writer tasks a moment to put the last frames on the wire.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    drop(socket);
+}

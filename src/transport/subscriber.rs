@@ -1,0 +1,139 @@
+//! The event path in: one SUB socket per live peer, in its own task.
+//!
+//! A socket per peer (rather than one SUB connected to all) because zmq.rs cannot
+//! disconnect a SUB from one endpoint: when a peer leaves, its task and socket end.
+//! The SUB reconnects by itself if the peer's PUB comes back at the same address.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use zeromq::{Socket, SocketEvent, SocketRecv, SubSocket, ZmqMessage};
+
+use mlmesh_protocol::sys::{self, Heartbeat};
+use mlmesh_protocol::{from_payload, Body, NodeId};
+
+use crate::events::GapTracker;
+use crate::node::{bump, Inner};
+use crate::peers::{LeftReason, Liveness, PeerEvent};
+
+pub(crate) async fn run(
+    inner: Arc<Inner>,
+    peer: NodeId,
+    endpoint: String,
+    live: Arc<Liveness>,
+    cancel: CancellationToken,
+) {
+    let timeout = Duration::from_millis(inner.config.limits.connect_timeout_ms);
+    let mut prefixes = inner.subs.prefixes();
+    let mut socket = SubSocket::with_options(super::dial_options(timeout));
+    let mut subscribed: Vec<String> = Vec::new();
+    let initial = prefixes.borrow_and_update().clone();
+    for p in initial.iter() {
+        if socket.subscribe(p).await.is_ok() {
+            subscribed.push(p.clone());
+        }
+    }
+    let mut monitor = socket.monitor();
+    loop {
+        let r = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.connect(&endpoint) => r,
+        };
+        match r {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::debug!(%endpoint, error = %e, "SUB connect failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+    let mut gaps = GapTracker::default();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = prefixes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let want = prefixes.borrow_and_update().clone();
+                for p in want.iter() {
+                    if !subscribed.contains(p) && socket.subscribe(p).await.is_ok() {
+                        subscribed.push(p.clone());
+                    }
+                }
+            }
+            ev = monitor.next() => {
+                if let Some(SocketEvent::Disconnected(_)) = ev {
+                    // What a crashed process looks like: expire after one interval
+                    // unless it speaks again (the SUB keeps reconnecting).
+                    live.mark_disconnected();
+                }
+            }
+            msg = socket.recv() => match msg {
+                Ok(msg) => receive(&inner, peer, &live, &mut gaps, msg),
+                Err(e) => {
+                    tracing::debug!(%endpoint, error = %e, "SUB receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}
+
+fn receive(inner: &Inner, peer: NodeId, live: &Liveness, gaps: &mut GapTracker, msg: ZmqMessage) {
+    let frames = msg.into_vec();
+    let Some(body) = frames.get(1) else {
+        bump(&inner.counters.frames_rejected, 1);
+        return;
+    };
+    let envelopes = match inner.codec.decode_frame(body) {
+        Ok(e) => e,
+        Err(e) => {
+            bump(&inner.counters.frames_rejected, 1);
+            tracing::debug!(error = %e, "event frame dropped");
+            return;
+        }
+    };
+    live.touch();
+    for env in envelopes {
+        let Body::Event { seq } = env.body else {
+            bump(&inner.counters.frames_rejected, 1);
+            continue;
+        };
+        if frames[0] != env.topic.as_str().as_bytes() {
+            bump(&inner.counters.frames_rejected, 1);
+            continue;
+        }
+        if env.topic.as_str() == sys::HEARTBEAT {
+            if let Ok(hb) = from_payload::<Heartbeat>(&env.data) {
+                live.set_interval(hb.interval_ms);
+                if hb.leaving && env.source == peer {
+                    goodbye(inner, peer);
+                    gaps.forget(peer);
+                    return;
+                }
+            }
+            continue;
+        }
+        bump(&inner.counters.events_received, 1);
+        let missed = gaps.observe(env.source, &env.topic, seq);
+        if missed > 0 {
+            bump(&inner.counters.events_missed, missed);
+        }
+        inner.subs.dispatch(&env, missed);
+    }
+}
+
+/// The peer said it is leaving: remove it now rather than after three intervals.
+pub(crate) fn goodbye(inner: &Inner, peer: NodeId) {
+    let removed = inner.peers().remove(&peer);
+    if let Some(endpoints) = removed {
+        inner.drop_peer(peer, &endpoints);
+        inner.emit(PeerEvent::Left(peer, LeftReason::Goodbye));
+    }
+}
