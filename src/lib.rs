@@ -56,3 +56,8 @@ pub use peers::{LeftReason, PeerEvent, PeerInfo, PeerState, Via};
 
 pub use mlmesh_protocol as protocol;
 pub use mlmesh_protocol::{Code, NodeId, Status, Topic};
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

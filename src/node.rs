@@ -827,8 +827,10 @@ impl NodeHandle {
             tracing::warn!(node = %inner.config.node.name, "in-flight instructions outlived the shutdown drain");
         }
         inner.heartbeat(true);
-        if let Some(mdns) = inner.mdns.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            mdns.goodbye();
+        let mdns = inner.mdns.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mdns) = mdns {
+            // mdns-sd answers on blocking channels: wait for it off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || mdns.goodbye()).await;
         }
         // Let the publisher drain the queue (bounded), then stop everything.
         let flush_until = Instant::now() + Duration::from_millis(500);

@@ -32,7 +32,8 @@ impl std::fmt::Debug for Mdns {
 }
 
 impl Mdns {
-    /// Unregisters the record (peers see it leave in about a second) and stops.
+    /// Unregisters the record (peers see it leave in about a second) and stops the
+    /// daemon. Blocks for up to a second.
     pub(crate) fn goodbye(self) {
         if let Ok(rx) = self.daemon.unregister(&self.fullname) {
             let _ = rx.recv_timeout(Duration::from_millis(500));
@@ -40,6 +41,14 @@ impl Mdns {
         if let Ok(rx) = self.daemon.shutdown() {
             let _ = rx.recv_timeout(Duration::from_millis(500));
         }
+    }
+}
+
+impl Drop for Mdns {
+    /// A node dropped without `shutdown` still stops its daemon thread (no goodbye:
+    /// peers expire it by heartbeat silence, as they would a crash).
+    fn drop(&mut self) {
+        let _ = self.daemon.shutdown();
     }
 }
 
