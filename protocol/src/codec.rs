@@ -15,6 +15,22 @@ use crate::status::{Code, Status};
 /// The default maximum size of one frame, in bytes (1 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1 << 20;
 
+/// The deepest nesting of arrays and maps accepted in a frame or payload. Deeper input
+/// is malformed: unbounded recursion would let one frame overflow a node's stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// A deserializer over `bytes` that borrows from it and enforces [`MAX_DEPTH`].
+fn reader(bytes: &[u8]) -> rmp_serde::Deserializer<rmp_serde::decode::ReadRefReader<'_, [u8]>> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    de
+}
+
+/// Decodes one MessagePack value of type `T` from `bytes`, depth-limited.
+fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    T::deserialize(&mut reader(bytes))
+}
+
 /// Why bytes could not be decoded into an envelope or a payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -228,7 +244,7 @@ impl Codec {
     /// Decodes one envelope. `frame` is sliced, not copied, for the payload.
     pub fn decode(&self, frame: &Bytes) -> Result<Envelope, DecodeError> {
         self.check_size(frame)?;
-        let wire: WireIn<'_> = rmp_serde::from_slice(frame).map_err(|e| malformed(frame, e))?;
+        let wire: WireIn<'_> = from_slice(frame).map_err(|e| malformed(frame, e))?;
         from_wire(wire, frame)
     }
 
@@ -239,7 +255,7 @@ impl Codec {
             return self.decode(frame).map(|e| vec![e]);
         }
         let wires: Vec<WireIn<'_>> =
-            rmp_serde::from_slice(frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            from_slice(frame).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         wires.into_iter().map(|w| from_wire(w, frame)).collect()
     }
 
@@ -251,7 +267,7 @@ impl Codec {
             #[serde(default, borrow, with = "opt_bytes")]
             id: Option<&'a [u8]>,
         }
-        let w: IdOnly<'_> = rmp_serde::from_slice(frame).ok()?;
+        let w: IdOnly<'_> = from_slice(frame).ok()?;
         w.id.and_then(MessageId::from_slice)
     }
 
@@ -274,7 +290,7 @@ fn malformed(frame: &[u8], e: rmp_serde::decode::Error) -> DecodeError {
         #[serde(default)]
         v: Option<u16>,
     }
-    match rmp_serde::from_slice::<VersionOnly>(frame) {
+    match from_slice::<VersionOnly>(frame) {
         Ok(VersionOnly { v: Some(v) }) if v != PROTOCOL_VERSION => DecodeError::Version { got: v },
         _ => DecodeError::Malformed(e.to_string()),
     }
@@ -350,8 +366,7 @@ pub fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeErr
 
 /// Decodes a payload; a type error names the offending field as a dotted path.
 pub fn from_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, DecodeError> {
-    let mut de = rmp_serde::Deserializer::from_read_ref(data);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    serde_path_to_error::deserialize(&mut reader(data)).map_err(|e| {
         let field = e.path().to_string();
         let reason = e.into_inner().to_string();
         if field == "." || field.is_empty() {
@@ -445,5 +460,23 @@ mod tests {
 
     fn serde_json_like() -> std::collections::BTreeMap<&'static str, &'static str> {
         [("name", "x"), ("n", "not a number")].into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod nesting {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // {"x": [[[[ ... 100,000 levels ... ]]]]}
+        let mut frame = vec![0x81, 0xa1, b'x'];
+        frame.extend(std::iter::repeat_n(0x91u8, 100_000));
+        frame.push(0xc0);
+        let frame = Bytes::from(frame);
+        let codec = Codec::new(1 << 20);
+        assert!(codec.decode(&frame).is_err());
+        assert!(codec.decode_frame(&frame).is_err());
+        assert!(from_payload::<std::collections::BTreeMap<String, u8>>(&frame).is_err());
     }
 }
