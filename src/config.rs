@@ -78,6 +78,8 @@ impl Default for NodeSection {
 pub struct NetworkSection {
     /// IPv4 address to bind both sockets to; `0.0.0.0` for every interface.
     pub bind: Ipv4Addr,
+    /// Bind to this interface's IPv4 address instead of `bind` (e.g. `eth0`).
+    pub interface: Option<String>,
     /// Address peers should dial. Unset: `bind`, or the interfaces' addresses
     /// (as mDNS sees them) when `bind` is `0.0.0.0`.
     pub advertise: Option<Ipv4Addr>,
@@ -91,6 +93,7 @@ impl Default for NetworkSection {
     fn default() -> Self {
         Self {
             bind: Ipv4Addr::LOCALHOST,
+            interface: None,
             advertise: None,
             pub_port: 0,
             rpc_port: 0,
@@ -104,7 +107,9 @@ impl Default for NetworkSection {
 pub struct DiscoverySection {
     /// Advertise and browse over mDNS.
     pub mdns: bool,
-    /// Interfaces mDNS uses, by name (`lo`, `eth0`). Empty: every IPv4 interface.
+    /// Interfaces mDNS uses, by name (`lo`, `eth0`). Empty: follow the bind address
+    /// (loopback only for `127.0.0.1`, `network.interface` if set, a specific address's
+    /// interface, or every IPv4 interface for `0.0.0.0`).
     pub mdns_interfaces: Vec<String>,
     /// Seed peers' ROUTER endpoints, `tcp://host:port`, for networks without multicast.
     pub seeds: Vec<String>,
@@ -116,7 +121,7 @@ impl Default for DiscoverySection {
     fn default() -> Self {
         Self {
             mdns: true,
-            mdns_interfaces: vec!["lo".into()],
+            mdns_interfaces: Vec::new(),
             seeds: Vec::new(),
             seed_interval_ms: 2000,
         }
@@ -322,6 +327,29 @@ impl Config {
             return bad("limits.connect_timeout_ms", "must be between 10 and 600000");
         }
         Ok(())
+    }
+
+    /// The IPv4 address the sockets bind to: `network.interface`'s address if set, else
+    /// `network.bind`.
+    pub fn bind_address(&self) -> Result<Ipv4Addr, ConfigError> {
+        let Some(name) = &self.network.interface else {
+            return Ok(self.network.bind);
+        };
+        if_addrs::get_if_addrs()
+            .map_err(|e| ConfigError::Invalid {
+                field: "network.interface",
+                reason: format!("cannot list interfaces: {e}"),
+            })?
+            .into_iter()
+            .filter(|i| &i.name == name)
+            .find_map(|i| match i.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .ok_or_else(|| ConfigError::Invalid {
+                field: "network.interface",
+                reason: format!("no interface {name:?} with an IPv4 address"),
+            })
     }
 
     /// The heartbeat interval.

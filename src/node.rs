@@ -490,11 +490,11 @@ impl NodeBuilder {
         }
         serves.sort_by(|a, b| a.topic.cmp(&b.topic));
 
-        let bind = config.network.bind;
+        let bind = config.bind_address()?;
         let (pub_socket, pub_port) =
             transport::publisher::bind(bind, config.network.pub_port).await?;
         let (router, rpc_port) = transport::server::bind(bind, config.network.rpc_port).await?;
-        let host = advertised_host(&config);
+        let host = advertised_host(&config, bind);
         let endpoints = Endpoints {
             publish: format!("tcp://{host}:{pub_port}"),
             rpc: format!("tcp://{host}:{rpc_port}"),
@@ -560,12 +560,12 @@ impl NodeBuilder {
 }
 
 /// The address peers are told to dial.
-fn advertised_host(config: &Config) -> Ipv4Addr {
+fn advertised_host(config: &Config, bind: Ipv4Addr) -> Ipv4Addr {
     if let Some(a) = config.network.advertise {
         return a;
     }
-    if !config.network.bind.is_unspecified() {
-        return config.network.bind;
+    if !bind.is_unspecified() {
+        return bind;
     }
     if_addrs::get_if_addrs()
         .ok()

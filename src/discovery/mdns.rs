@@ -60,16 +60,24 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<Mdns, BuildError> {
     let cfg = &inner.config;
     let daemon = ServiceDaemon::new().map_err(err)?;
     daemon.disable_interface(IfKind::IPv6).map_err(err)?;
-    if !cfg.discovery.mdns_interfaces.is_empty() {
+    // mDNS runs on the configured interfaces, else where the node listens.
+    let bind = cfg.bind_address()?;
+    let only: Vec<IfKind> = match (&cfg.discovery.mdns_interfaces[..], &cfg.network.interface) {
+        ([], Some(name)) => vec![IfKind::Name(name.clone())],
+        ([], None) if bind.is_loopback() => vec![IfKind::LoopbackV4],
+        ([], None) if bind.is_unspecified() => Vec::new(),
+        ([], None) => vec![IfKind::Addr(bind.into())],
+        (names, _) => names
+            .iter()
+            .map(|n| match n.as_str() {
+                "lo" => IfKind::LoopbackV4,
+                _ => IfKind::Name(n.clone()),
+            })
+            .collect(),
+    };
+    if !only.is_empty() {
         daemon.disable_interface(IfKind::All).map_err(err)?;
-        for name in &cfg.discovery.mdns_interfaces {
-            if name == "lo" {
-                daemon.enable_interface(IfKind::LoopbackV4).map_err(err)?;
-            }
-            daemon
-                .enable_interface(IfKind::Name(name.clone()))
-                .map_err(err)?;
-        }
+        daemon.enable_interface(only).map_err(err)?;
     }
 
     let instance = format!("{}-{}", cfg.node.name, inner.id.0.simple());
@@ -92,7 +100,7 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<Mdns, BuildError> {
     let fixed = cfg
         .network
         .advertise
-        .or((!cfg.network.bind.is_unspecified()).then_some(cfg.network.bind));
+        .or((!bind.is_unspecified()).then_some(bind));
     let mut info = match fixed {
         Some(ip) => {
             let ip = std::net::IpAddr::V4(ip);
@@ -118,7 +126,7 @@ fn port(endpoint: &str) -> u16 {
 
 async fn browse(inner: Arc<Inner>, events: mdns_sd::Receiver<ServiceEvent>) {
     let mut names: HashMap<String, NodeId> = HashMap::new();
-    let loopback_mesh = inner.config.network.bind.is_loopback();
+    let loopback_mesh = inner.config.bind_address().is_ok_and(|a| a.is_loopback());
     loop {
         let event = tokio::select! {
             _ = inner.cancel.cancelled() => return,
