@@ -402,6 +402,42 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_the_file_which_overrides_defaults() {
+        // The only test in this binary that reads the environment (it is process-wide).
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(
+            &path,
+            "[node]\nname = \"from-file\"\n[liveness]\nheartbeat_ms = 500\n",
+        )
+        .expect("write config");
+        std::env::set_var("MLMESH_NODE__NAME", "from-env");
+        std::env::set_var(
+            "MLMESH_DISCOVERY__SEEDS",
+            "tcp://10.0.0.1:7001,tcp://10.0.0.2:7001",
+        );
+        let loaded = Config::load(Some(&path));
+        std::env::set_var("MLMESH_LIVENESS__HEARTBEAT_MS", "5");
+        let invalid = Config::load(Some(&path));
+        for k in [
+            "MLMESH_NODE__NAME",
+            "MLMESH_DISCOVERY__SEEDS",
+            "MLMESH_LIVENESS__HEARTBEAT_MS",
+        ] {
+            std::env::remove_var(k);
+        }
+        let cfg = loaded.expect("valid config");
+        assert_eq!(cfg.node.name, "from-env");
+        assert_eq!(cfg.liveness.heartbeat_ms, 500);
+        assert_eq!(cfg.discovery.seeds.len(), 2);
+        assert_eq!(cfg.limits, LimitsSection::default());
+        let err = invalid.expect_err("heartbeat of 5 ms");
+        assert!(err.to_string().contains("liveness.heartbeat_ms"), "{err}");
+        let missing = Config::load(Some(&dir.path().join("absent.toml"))).expect_err("no file");
+        assert!(missing.to_string().contains("absent.toml"), "{missing}");
+    }
+
+    #[test]
     fn bad_values_name_the_field() {
         let err = Config::from_toml("[liveness]\nheartbeat_ms = 1").expect_err("too small");
         assert!(err.to_string().contains("liveness.heartbeat_ms"), "{err}");
