@@ -174,7 +174,7 @@ fn admit(inner: &Arc<Inner>, endpoint: &str, mut d: Describe, via: Via) {
             }
         }
         Upsert::Moved(old) => {
-            inner.drop_peer(id, &old);
+            inner.drop_peer(id, &old, false);
             if let Some(live) = live {
                 start_subscriber(inner, id, sub_endpoint, live);
             }

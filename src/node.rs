@@ -28,6 +28,9 @@ use crate::transport::client::Clients;
 use crate::transport::publisher::Outgoing;
 use crate::{discovery, rpc, transport};
 
+/// How long calls already sent to a peer that said goodbye may still get their reply.
+const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+
 /// Most peers listed in one describe answer (keeps it far under the size limit).
 const MAX_INTRODUCED: usize = 512;
 
@@ -375,8 +378,10 @@ impl Inner {
         }
     }
 
-    /// Removes a peer and tears down its sockets.
-    pub(crate) fn drop_peer(&self, id: NodeId, endpoints: &Endpoints) {
+    /// Removes a peer and tears down its sockets. A peer that said goodbye keeps its
+    /// instruction connection for a short grace, so that replies it sent just before
+    /// its goodbye (which travels on another connection) still arrive.
+    pub(crate) fn drop_peer(&self, id: NodeId, endpoints: &Endpoints, goodbye: bool) {
         if let Some(token) = self
             .sub_tasks
             .lock()
@@ -385,7 +390,11 @@ impl Inner {
         {
             token.cancel();
         }
-        self.clients.remove(&endpoints.rpc);
+        if goodbye {
+            self.clients.retire(&endpoints.rpc, GOODBYE_GRACE);
+        } else {
+            self.clients.remove(&endpoints.rpc);
+        }
     }
 }
 
@@ -602,7 +611,7 @@ async fn liveness(inner: Arc<Inner>) {
             _ = tick.tick() => {
                 let sweep = inner.peers().sweep();
                 for (id, endpoints) in &sweep.removed {
-                    inner.drop_peer(*id, endpoints);
+                    inner.drop_peer(*id, endpoints, false);
                 }
                 for event in sweep.events {
                     inner.emit(event);

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use mlmesh_protocol::{Body, Code, Envelope, MessageId, NodeId, Status, Topic, PROTOCOL_VERSION};
 
 use crate::handler::Ctx;
-use crate::node::{Ack, CallOptions, Inner, NodeHandle};
+use crate::node::{bump, Ack, CallOptions, Inner, NodeHandle};
 use crate::peers::Liveness;
 use crate::transport::server::run_handler;
 
@@ -278,7 +278,9 @@ async fn call_one(
     }
 }
 
-/// Runs an instruction on this node's own handler, without the network.
+/// Runs an instruction on this node's own handler, without the network but under the
+/// same rules as over it: size limits, concurrency bound, panics caught, and tracked so
+/// that a graceful shutdown waits for it.
 async fn call_local(
     inner: &Arc<Inner>,
     handle: &NodeHandle,
@@ -287,8 +289,15 @@ async fn call_local(
     data: Bytes,
     deadline: Instant,
 ) -> Result<Bytes, Status> {
+    check_size(inner, topic, &data)?;
     if let Some(reply) = inner.sys_reply(topic, &data) {
         return reply;
+    }
+    if inner.closing.load(Ordering::Relaxed) {
+        return Err(Status::error(
+            Code::Unavailable,
+            "the node is shutting down",
+        ));
     }
     let Some(handler) = inner.local_handler(topic) else {
         return Err(Status::error(
@@ -297,16 +306,14 @@ async fn call_local(
         )
         .with_field("type"));
     };
-    if inner.closing.load(Ordering::Relaxed) {
-        return Err(Status::error(
-            Code::Unavailable,
-            "the node is shutting down",
-        ));
-    }
-    let Ok(_permit) = inner.serving.clone().try_acquire_owned() else {
+    let Ok(permit) = inner.serving.clone().try_acquire_owned() else {
+        bump(&inner.counters.requests_refused, 1);
         return Err(Status::error(
             Code::ResourceExhausted,
-            "this node is executing its limit of instructions",
+            format!(
+                "node {} is executing its limit of {} instructions",
+                inner.config.node.name, inner.config.limits.max_concurrent_requests
+            ),
         ));
     };
     let ctx = Ctx {
@@ -316,12 +323,49 @@ async fn call_local(
         id,
         deadline,
     };
-    let fut = run_handler(inner, handler.call(data, ctx));
-    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), fut).await {
-        Ok(r) => r,
-        Err(_) => Err(Status::error(
-            Code::DeadlineExceeded,
-            "no reply by the deadline",
+    let task_inner = inner.clone();
+    let task = inner.handler_tasks.spawn(async move {
+        let _permit = permit;
+        run_handler(&task_inner, handler.as_ref(), data, ctx).await
+    });
+    let reply = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), task).await
+    {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Err(Status::error(
+            Code::Internal,
+            "the handler task was aborted",
         )),
+        Err(_) => {
+            return Err(Status::error(
+                Code::DeadlineExceeded,
+                "no reply by the deadline",
+            ))
+        }
+    };
+    bump(&inner.counters.requests_served, 1);
+    match reply {
+        Ok(out) => check_size(inner, topic, &out).map(|()| out),
+        Err(status) => Err(status),
     }
+}
+
+/// A payload that would make an envelope over the size limit is TOO_LARGE, as it would
+/// be on the wire.
+fn check_size(inner: &Inner, topic: &Topic, data: &Bytes) -> Result<(), Status> {
+    let probe = Envelope {
+        version: PROTOCOL_VERSION,
+        id: MessageId::nil(),
+        topic: topic.clone(),
+        source: inner.id,
+        time: 0,
+        body: Body::Request {
+            deadline_ms: u32::MAX,
+        },
+        data: data.clone(),
+    };
+    inner
+        .codec
+        .encode(&probe)
+        .map(drop)
+        .map_err(|e| e.to_status())
 }

@@ -52,7 +52,8 @@ macro_rules! codes {
 codes! {
     /// Success.
     Ok = 0, "OK", false;
-    /// The caller gave up (or the node shut down) before the work finished.
+    /// The call ended before its outcome was known: the caller gave up, or the connection
+    /// was lost after the request was sent (the instruction may or may not have run).
     Cancelled = 1, "CANCELLED", false;
     /// An error with no better code, including numbers this version does not know.
     Unknown = 2, "UNKNOWN", false;

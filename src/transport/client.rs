@@ -66,7 +66,32 @@ impl Clients {
         c
     }
 
-    /// Stops the client for `endpoint`; its waiting callers get UNAVAILABLE.
+    /// Stops the client for `endpoint` after its pending calls are answered, or after
+    /// `grace` at the latest. New calls no longer find it.
+    pub(crate) fn retire(&self, endpoint: &str, grace: Duration) {
+        let c = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(endpoint);
+        if let Some(c) = c {
+            tokio::spawn(async move {
+                let until = Instant::now() + grace;
+                while Instant::now() < until
+                    && !c
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_empty()
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                c.close();
+            });
+        }
+    }
+
+    /// Stops the client for `endpoint` now; calls waiting on it end with CANCELLED.
     pub(crate) fn remove(&self, endpoint: &str) {
         let c = self
             .map
@@ -145,8 +170,8 @@ impl PeerClient {
         msg.push_back(Bytes::from(frame));
         let deadline = tokio::time::Instant::from_std(deadline);
         let outcome = tokio::time::timeout_at(deadline, async {
-            self.tx.send(msg).await.map_err(|_| closed())?;
-            reply_rx.await.map_err(|_| closed())
+            self.tx.send(msg).await.map_err(|_| not_sent())?;
+            reply_rx.await.map_err(|_| lost())
         })
         .await;
         match outcome {
@@ -170,10 +195,20 @@ impl PeerClient {
     }
 }
 
-fn closed() -> Status {
+/// The request never left this node: another provider may take it.
+fn not_sent() -> Status {
     Status::error(
         Code::Unavailable,
         "the connection to the provider was closed",
+    )
+}
+
+/// The request may have reached the provider: its outcome is unknown, so it must not be
+/// retried elsewhere automatically.
+fn lost() -> Status {
+    Status::error(
+        Code::Cancelled,
+        "the connection to the provider was lost after the request was sent; it may or may not have run",
     )
 }
 
@@ -189,7 +224,7 @@ impl Drop for RemoveOnDrop<'_> {
 }
 
 fn fail_all(pending: &Pending, why: &str) {
-    // Dropping the senders wakes every waiter with "closed" (UNAVAILABLE).
+    // Dropping the senders wakes every waiter with `lost()` (CANCELLED).
     let n = {
         let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
         let n = p.len();

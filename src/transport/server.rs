@@ -17,7 +17,7 @@ use zeromq::{RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMe
 
 use mlmesh_protocol::{Body, Code, Envelope, Kind, MessageId, Status, Topic};
 
-use crate::handler::{Ctx, Reply};
+use crate::handler::{Ctx, ErasedHandler, Reply};
 use crate::node::{bump, BuildError, Inner, NodeHandle};
 
 pub(crate) async fn bind(ip: Ipv4Addr, port: u16) -> Result<(RouterSocket, u16), BuildError> {
@@ -156,7 +156,7 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
             id: request.id,
             deadline,
         };
-        let result = run_handler(&inner2, handler.call(request.data.clone(), ctx)).await;
+        let result = run_handler(&inner2, handler.as_ref(), request.data.clone(), ctx).await;
         let (status, data) = split(result);
         if let Some(msg) = encode_reply(&inner2, route, request.id, &request.topic, status, data) {
             if let Err(e) = send.clone().send(msg).await {
@@ -166,12 +166,20 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
     });
 }
 
-/// Runs a handler future; a panic becomes INTERNAL and the node lives on.
+/// Runs a handler, both the call that builds its future and the future itself; a
+/// panic in either becomes INTERNAL and the node lives on.
 pub(crate) async fn run_handler(
     inner: &Inner,
-    fut: futures::future::BoxFuture<'static, Reply>,
+    handler: &dyn ErasedHandler,
+    data: Bytes,
+    ctx: Ctx,
 ) -> Reply {
-    match AssertUnwindSafe(fut).catch_unwind().await {
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(data, ctx)));
+    let outcome = match started {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
+    match outcome {
         Ok(r) => r,
         Err(panic) => {
             bump(&inner.counters.handler_panics, 1);

@@ -133,7 +133,7 @@ fn receive(inner: &Inner, peer: NodeId, live: &Liveness, gaps: &mut GapTracker, 
 pub(crate) fn goodbye(inner: &Inner, peer: NodeId) {
     let removed = inner.peers().remove(&peer);
     if let Some(endpoints) = removed {
-        inner.drop_peer(peer, &endpoints);
+        inner.drop_peer(peer, &endpoints, true);
         inner.emit(PeerEvent::Left(peer, LeftReason::Goodbye));
     }
 }

@@ -181,3 +181,404 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Awaits `fut`, panicking naming `what` if it takes longer than `timeout`: a bounded
+/// wait for a join handle, a shutdown or a batch of calls.
+pub async fn within<F: std::future::Future>(what: &str, timeout: Duration, fut: F) -> F::Output {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Checks `cond` every 10 ms for `period` and panics naming `what` if it ever holds: the
+/// bounded way to show that something does not happen.
+pub async fn never(what: &str, period: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < period {
+        assert!(!cond(), "{what} happened after {:?}", start.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The next peer event that `pred` accepts (others are skipped); panics naming `what`
+/// after `timeout`.
+pub async fn next_peer_event(
+    events: &mut tokio::sync::broadcast::Receiver<mlmesh::PeerEvent>,
+    what: &str,
+    timeout: Duration,
+    mut pred: impl FnMut(&mlmesh::PeerEvent) -> bool,
+) -> mlmesh::PeerEvent {
+    use tokio::sync::broadcast::error::RecvError;
+    within(what, timeout, async {
+        loop {
+            match events.recv().await {
+                Ok(ev) if pred(&ev) => return ev,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("peer events closed while waiting for {what}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Publishes `probe` from `publisher` every 50 ms until `sub` receives it from that
+/// node, discarding anything else `sub` holds. ZeroMQ connects a SUB asynchronously and
+/// a PUB drops what it has no subscriber for yet (the slow joiner), so event tests call
+/// this before the events they count.
+pub async fn sync_events(publisher: &NodeHandle, sub: &mut mlmesh::Subscription, probe: &str) {
+    let what = format!("{probe} from {} to arrive", publisher.name());
+    within(&what, WAIT, async {
+        loop {
+            publisher
+                .publish(probe, &())
+                .await
+                .expect("probe published");
+            let until = tokio::time::Instant::now() + Duration::from_millis(50);
+            while let Ok(Some(ev)) = tokio::time::timeout_at(until, sub.recv()).await {
+                if ev.topic().as_str() == probe && ev.source() == publisher.id() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Network namespaces and what runs inside them (tests/mdns.rs; usable by any test that
+// needs mDNS or several "hosts"). They need root and iproute2 (`ip netns`).
+
+/// A network namespace made for one test (`ip netns add`, loopback up). Dropping it kills,
+/// by pid, every process still inside (the test's own children) and deletes it, also
+/// when the test panics.
+#[derive(Debug)]
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// A fresh namespace named `mlmesh-<tag>-<random>`, with only `lo`, up.
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!(
+            "mlmesh-{tag}-{}",
+            &NodeId::new().0.simple().to_string()[24..]
+        );
+        run_ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip -n NAME ARGS...`; panics with its stderr if it fails.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run_ip(&all);
+    }
+
+    /// The command prefix that runs a program inside: `ip netns exec NAME`.
+    pub fn exec_prefix(&self) -> Vec<String> {
+        ["ip", "netns", "exec", &self.name]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// SIGKILLs every process inside (by pid, as `ip netns pids` lists them).
+    pub fn kill_all(&self) {
+        let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        else {
+            return;
+        };
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<u32>() {
+                if pid > 1 {
+                    unsafe_free_signal(pid, "KILL");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run_ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 (`ip`) is installed");
+    assert!(
+        out.status.success(),
+        "`ip {}` failed (these tests need root and iproute2): {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Hosts on one Ethernet segment, all on this machine: host `i` (from 0) is a namespace
+/// with a veth `e{i+1}`, address `10.99.S.{i+1}/24`, plugged into a bridge `br0` in a
+/// namespace of its own. `S` is random per `Lan`; the addresses exist only inside these
+/// namespaces, so nothing leaves the machine. Dropping it deletes them all.
+#[derive(Debug)]
+pub struct Lan {
+    pub hosts: Vec<NetNs>,
+    pub bridge: NetNs,
+    pub subnet: u8,
+}
+
+impl Lan {
+    pub fn new(hosts: usize) -> Lan {
+        let bridge = NetNs::new("br");
+        bridge.ip(&["link", "add", "br0", "type", "bridge"]);
+        bridge.ip(&["link", "set", "br0", "up"]);
+        let subnet = 1 + NodeId::new().as_bytes()[15] % 254;
+        let hosts = (0..hosts)
+            .map(|i| {
+                let host = NetNs::new(&format!("h{}", i + 1));
+                let port = format!("p{}", i + 1);
+                let iface = Self::iface(i);
+                bridge.ip(&[
+                    "link", "add", &port, "type", "veth", "peer", "name", &iface, "netns",
+                    &host.name,
+                ]);
+                bridge.ip(&["link", "set", &port, "master", "br0"]);
+                bridge.ip(&["link", "set", &port, "up"]);
+                host.ip(&[
+                    "addr",
+                    "add",
+                    &format!("10.99.{subnet}.{}/24", i + 1),
+                    "dev",
+                    &iface,
+                ]);
+                host.ip(&["link", "set", &iface, "up"]);
+                host
+            })
+            .collect();
+        Lan {
+            hosts,
+            bridge,
+            subnet,
+        }
+    }
+
+    /// The interface of host `i` on the segment.
+    pub fn iface(i: usize) -> String {
+        format!("e{}", i + 1)
+    }
+
+    /// The address of host `i` on the segment.
+    pub fn addr(&self, i: usize) -> String {
+        format!("10.99.{}.{}", self.subnet, i + 1)
+    }
+
+    /// Unplugs host `i` from the bridge (its interface stays up: packets just vanish).
+    pub fn cut(&self, i: usize) {
+        self.bridge
+            .ip(&["link", "set", &format!("p{}", i + 1), "down"]);
+    }
+
+    /// Plugs host `i` back in.
+    pub fn heal(&self, i: usize) {
+        self.bridge
+            .ip(&["link", "set", &format!("p{}", i + 1), "up"]);
+    }
+}
+
+/// Panics unless this process runs in a namespace made by [`NetNs`] (`ip netns identify`
+/// names it): the guard every mDNS test body starts with, so that mDNS never runs in the
+/// machine's own network namespace.
+pub fn assert_in_test_netns() {
+    let out = Command::new("ip")
+        .args(["netns", "identify", &std::process::id().to_string()])
+        .output()
+        .expect("iproute2 (`ip`) is installed");
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        name.starts_with("mlmesh-"),
+        "refusing to run mDNS outside a test namespace (in {name:?})"
+    );
+}
+
+/// Set in a test binary that [`rerun_inside`] started; its value is the caller's.
+pub const INSIDE_NETNS: &str = "MESHTEST_INSIDE_NETNS";
+
+/// The value passed by [`rerun_inside`], when this process is such a re-run.
+pub fn inside_netns() -> Option<String> {
+    std::env::var(INSIDE_NETNS).ok()
+}
+
+/// Runs the test `test` of this very test binary again inside `ns` (`ip netns exec NS
+/// <this binary> --exact TEST`), with [`INSIDE_NETNS`] = `value`. Prints its output and
+/// panics unless that run passes within `timeout` (killing what it left in `ns` if not).
+/// Returns its stdout.
+pub fn rerun_inside(ns: &NetNs, test: &str, value: &str, timeout: Duration) -> String {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+
+    let exe = std::env::current_exe().expect("path of this test binary");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(INSIDE_NETNS, value)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ip netns exec starts");
+    // Read without joining: node processes the run leaves behind may hold the pipes.
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                b.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        buf
+    };
+    let out = collect(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = collect(Box::new(child.stderr.take().expect("piped stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            ns.kill_all();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    };
+    let (stdout, stderr) = (text(&out), text(&err));
+    println!("--- {test} inside {}: stdout ---\n{stdout}", ns.name);
+    println!("--- {test} inside {}: stderr ---\n{stderr}", ns.name);
+    let status = status.unwrap_or_else(|| panic!("{test} inside {} ran over {timeout:?}", ns.name));
+    assert!(
+        status.success(),
+        "{test} failed inside {} ({status})",
+        ns.name
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the re-run inside {} ran no test named {test}",
+        ns.name
+    );
+    stdout
+}
+
+impl ChildNode {
+    /// Starts a prepared `mlmesh-node` command (stdout is taken for the ready line; stderr
+    /// is left as `cmd` sets it) and waits (bounded) for its ready line.
+    pub fn start(mut cmd: Command) -> ChildNode {
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("mlmesh-node starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let Ok(line) = rx.recv_timeout(WAIT) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mlmesh-node printed no ready line within {WAIT:?}");
+        };
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mlmesh-node's ready line {line:?} is not JSON ({e}); see its stderr");
+            }
+        };
+        let field = |k: &str| v[k].as_str().expect("ready line field").to_owned();
+        ChildNode {
+            id: field("id").parse().expect("node id"),
+            rpc: field("rpc"),
+            publish: field("pub"),
+            child,
+        }
+    }
+
+    /// As [`ChildNode::spawn`], run through `prefix` (e.g. [`NetNs::exec_prefix`]). The
+    /// child's pid is the node's own: `ip netns exec` execs it.
+    pub fn spawn_via(prefix: &[String], env: &[(&str, String)], args: &[&str]) -> ChildNode {
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(node_bin());
+                c
+            }
+            None => Command::new(node_bin()),
+        };
+        cmd.args(args).stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::start(cmd)
+    }
+}
+
+/// Asks the node at `rpc` for `sys.describe` over a fresh REQ socket, as an outsider
+/// (no `caller`, so it does not become a candidate): how a test reads a node process's
+/// peer list. `None` when no OK answer comes within two seconds.
+pub async fn describe_of(rpc: &str) -> Option<mlmesh::protocol::sys::Describe> {
+    use mlmesh::protocol::{from_payload, sys, to_payload, Body, Codec, Envelope, Topic};
+    use zeromq::{Socket, SocketRecv, SocketSend};
+
+    let mut options = zeromq::SocketOptions::default();
+    options.connect_timeout(Duration::from_secs(1));
+    let mut req = zeromq::ReqSocket::with_options(options);
+    let call = async {
+        req.connect(rpc).await.ok()?;
+        let data = to_payload(&sys::DescribeRequest::default()).ok()?;
+        let topic = Topic::new(sys::DESCRIBE).ok()?;
+        let request = Envelope::request(topic, NodeId::new(), 1000, data.into());
+        let codec = Codec::default();
+        req.send(codec.encode(&request).ok()?.into()).await.ok()?;
+        let frame = req.recv().await.ok()?.into_vec().pop()?;
+        let reply = codec.decode(&frame).ok()?;
+        match reply.body {
+            Body::Reply { re, status } if re == request.id && status.is_ok() => {
+                from_payload(&reply.data).ok()
+            }
+            _ => None,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), call)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmSize`, `VmHWM`); 0 if unreadable.
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
