@@ -293,8 +293,10 @@ impl Inner {
                     Ok(r) => r,
                     Err(e) => return Some(Err(e.to_status())),
                 };
+                // consider() skips a caller already known at this endpoint; a known id at
+                // a new endpoint (restarted with a fixed id) is described again.
                 if let Some(caller) = req.caller {
-                    if caller.id != self.id && !self.peers().contains(&caller.id) {
+                    if caller.id != self.id {
                         discovery::consider(
                             self,
                             caller.endpoints.rpc,

@@ -290,6 +290,7 @@ async fn call_local(
     deadline: Instant,
 ) -> Result<Bytes, Status> {
     check_size(inner, topic, &data)?;
+    mlmesh_protocol::check_payload(&data).map_err(|e| e.to_status())?;
     if let Some(reply) = inner.sys_reply(topic, &data) {
         return reply;
     }

@@ -134,33 +134,45 @@ struct WireOut<'a> {
 
 /// The wire form of an envelope, borrowed from the frame for decoding. Every field is
 /// optional here so that a missing one becomes [`DecodeError::Missing`] with its name.
+/// A key that is present must hold a value of its type: `nil` is not "absent".
 #[derive(Deserialize)]
 struct WireIn<'a> {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     v: Option<u16>,
-    #[serde(default, borrow, with = "opt_bytes")]
+    #[serde(default, borrow, deserialize_with = "present_bytes")]
     id: Option<&'a [u8]>,
-    #[serde(default, rename = "type", borrow)]
+    #[serde(default, rename = "type", borrow, deserialize_with = "present")]
     topic: Option<&'a str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "present")]
     kind: Option<&'a str>,
-    #[serde(default, borrow, with = "opt_bytes")]
+    #[serde(default, borrow, deserialize_with = "present_bytes")]
     source: Option<&'a [u8]>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     time: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     seq: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     deadline: Option<u32>,
-    #[serde(default, borrow, with = "opt_bytes")]
+    #[serde(default, borrow, deserialize_with = "present_bytes")]
     re: Option<&'a [u8]>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     status: Option<Status>,
-    #[serde(default, borrow, with = "opt_bytes")]
+    #[serde(default, borrow, deserialize_with = "present_bytes")]
     data: Option<&'a [u8]>,
 }
 
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+fn present_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de [u8]>, D::Error> {
+    <&'de serde_bytes::Bytes>::deserialize(d).map(|b| Some(&b[..]))
+}
+
 mod opt_bytes {
+    //! `Option<&[u8]>` written as bin (for encoding) and read back (for `peek_id`).
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(v: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
@@ -364,17 +376,54 @@ pub fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeErr
     rmp_serde::to_vec_named(value).map_err(|e| EncodeError::Serialize(e.to_string()))
 }
 
-/// Decodes a payload; a type error names the offending field as a dotted path.
+/// Decodes a payload; an error names the offending field as a path (`a.b[2].c`),
+/// including a required field that is missing.
 pub fn from_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, DecodeError> {
     serde_path_to_error::deserialize(&mut reader(data)).map_err(|e| {
-        let field = e.path().to_string();
+        let parent = e.path().to_string();
         let reason = e.into_inner().to_string();
-        if field == "." || field.is_empty() {
-            DecodeError::Malformed(reason)
-        } else {
-            DecodeError::Invalid { field, reason }
+        let parent = if parent == "." { String::new() } else { parent };
+        // serde reports a missing field at its parent's path, naming it in the message.
+        let missing = reason
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next());
+        match missing {
+            Some(name) if parent.is_empty() => DecodeError::Invalid {
+                field: name.to_owned(),
+                reason,
+            },
+            Some(name) => DecodeError::Invalid {
+                field: format!("{parent}.{name}"),
+                reason,
+            },
+            None if parent.is_empty() => DecodeError::Malformed(reason),
+            None => DecodeError::Invalid {
+                field: parent,
+                reason,
+            },
         }
     })
+}
+
+/// Checks that `data` is exactly one MessagePack value (within [`MAX_DEPTH`]), as a
+/// request's payload must be, without decoding it into any type.
+pub fn check_payload(data: &[u8]) -> Result<(), DecodeError> {
+    let invalid = |reason: String| DecodeError::Invalid {
+        field: "data".into(),
+        reason,
+    };
+    // A `&[u8]` reader advances as it reads, so what is left afterwards is the excess.
+    let mut rest: &[u8] = data;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    de.set_max_depth(MAX_DEPTH);
+    serde::de::IgnoredAny::deserialize(&mut de)
+        .map_err(|e| invalid(format!("not a MessagePack value: {e}")))?;
+    drop(de);
+    let rest = rest.len();
+    if rest != 0 {
+        return Err(invalid(format!("{rest} bytes follow the payload value")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -478,5 +527,78 @@ mod nesting {
         assert!(codec.decode(&frame).is_err());
         assert!(codec.decode_frame(&frame).is_err());
         assert!(from_payload::<std::collections::BTreeMap<String, u8>>(&frame).is_err());
+    }
+}
+
+#[cfg(test)]
+mod strictness {
+    use super::*;
+
+    #[test]
+    fn nil_is_not_absent() {
+        let c = Codec::default();
+        let env = Envelope::request(
+            Topic::new("a.do").expect("topic"),
+            NodeId::new(),
+            100,
+            Bytes::from_static(b"\x80"),
+        );
+        let good = c.encode(&env).expect("encode");
+        // Append "seq": nil to the map (fixmap count + 1).
+        let mut bad = good.clone();
+        bad[0] += 1;
+        bad.extend_from_slice(b"\xa3seq\xc0");
+        assert!(c.decode(&Bytes::from(good)).is_ok());
+        assert!(c.decode(&Bytes::from(bad)).is_err());
+    }
+
+    #[test]
+    fn missing_payload_fields_are_named() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            n: u32,
+        }
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            a: u32,
+            items: Vec<Inner>,
+        }
+        let bytes = to_payload(&std::collections::BTreeMap::from([(
+            "items",
+            Vec::<std::collections::BTreeMap<String, u32>>::new(),
+        )]))
+        .expect("encode");
+        let err = from_payload::<Outer>(&bytes).expect_err("a is missing");
+        assert!(
+            matches!(err, DecodeError::Invalid { ref field, .. } if field == "a"),
+            "{err:?}"
+        );
+        #[derive(serde::Serialize)]
+        struct Partial {
+            a: u32,
+            items: Vec<std::collections::BTreeMap<String, u32>>,
+        }
+        let bytes = to_payload(&Partial {
+            a: 1,
+            items: vec![[("n".to_owned(), 1)].into(), Default::default()],
+        })
+        .expect("encode");
+        let err = from_payload::<Outer>(&bytes).expect_err("items[1].n is missing");
+        assert!(
+            matches!(err, DecodeError::Invalid { ref field, .. } if field == "items[1].n"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_payload_is_exactly_one_value() {
+        assert!(check_payload(b"\x80").is_ok());
+        assert!(check_payload(b"\x92\x01\x02").is_ok());
+        for bad in [&b""[..], b"\x80\x80", b"\x92\x01", b"\xc1"] {
+            let err = check_payload(bad).expect_err("not one value");
+            assert!(matches!(err, DecodeError::Invalid { ref field, .. } if field == "data"));
+        }
     }
 }

@@ -28,8 +28,8 @@ pub mod status;
 pub mod sys;
 
 pub use codec::{
-    encode_batch, from_payload, is_batch, to_payload, Codec, DecodeError, EncodeError,
-    DEFAULT_MAX_MESSAGE_SIZE,
+    check_payload, encode_batch, from_payload, is_batch, to_payload, Codec, DecodeError,
+    EncodeError, DEFAULT_MAX_MESSAGE_SIZE, MAX_DEPTH,
 };
 pub use envelope::{now_nanos, Body, Envelope, Kind, MessageId, NodeId, PROTOCOL_VERSION};
 pub use name::{NameError, Pattern, Topic};

@@ -100,6 +100,18 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
         let status = Status::error(Code::Unavailable, "the node is shutting down");
         return reply(inner, send, route, &request, status, Bytes::new());
     }
+    if deadline_ms == 0 {
+        let status = Status::error(
+            Code::DeadlineExceeded,
+            "the request's deadline is 0: already passed",
+        )
+        .with_field("deadline");
+        return reply(inner, send, route, &request, status, Bytes::new());
+    }
+    if let Err(e) = mlmesh_protocol::check_payload(&request.data) {
+        bump(&inner.counters.frames_rejected, 1);
+        return reply(inner, send, route, &request, e.to_status(), Bytes::new());
+    }
     if let Some(result) = inner.sys_reply(&request.topic, &request.data) {
         let (status, data) = split(result);
         return reply(inner, send, route, &request, status, data);
