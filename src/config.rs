@@ -203,8 +203,17 @@ impl Config {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
+        // Only `MLMESH_SECTION__FIELD` variables are configuration; others with the
+        // prefix (MLMESH_LOG, MLMESH_PYTHON, ...) belong to binaries and tools.
+        let vars: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| {
+                k.strip_prefix("MLMESH_")
+                    .is_some_and(|rest| rest.contains("__"))
+            })
+            .collect();
         builder = builder.add_source(
             config::Environment::with_prefix("MLMESH")
+                .source(Some(vars))
                 .prefix_separator("_")
                 .separator("__")
                 .list_separator(",")
@@ -412,6 +421,7 @@ mod tests {
         )
         .expect("write config");
         std::env::set_var("MLMESH_NODE__NAME", "from-env");
+        std::env::set_var("MLMESH_LOG", "debug"); // not configuration: ignored
         std::env::set_var(
             "MLMESH_DISCOVERY__SEEDS",
             "tcp://10.0.0.1:7001,tcp://10.0.0.2:7001",
@@ -421,6 +431,7 @@ mod tests {
         let invalid = Config::load(Some(&path));
         for k in [
             "MLMESH_NODE__NAME",
+            "MLMESH_LOG",
             "MLMESH_DISCOVERY__SEEDS",
             "MLMESH_LIVENESS__HEARTBEAT_MS",
         ] {

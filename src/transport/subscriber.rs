@@ -87,7 +87,8 @@ pub(crate) async fn run(
 
 fn receive(inner: &Inner, peer: NodeId, live: &Liveness, gaps: &mut GapTracker, msg: ZmqMessage) {
     let frames = msg.into_vec();
-    let Some(body) = frames.get(1) else {
+    // An event message is exactly [topic][body] (SPEC 5.2).
+    let [topic_frame, body] = &frames[..] else {
         bump(&inner.counters.frames_rejected, 1);
         return;
     };
@@ -105,7 +106,7 @@ fn receive(inner: &Inner, peer: NodeId, live: &Liveness, gaps: &mut GapTracker, 
             bump(&inner.counters.frames_rejected, 1);
             continue;
         };
-        if frames[0] != env.topic.as_str().as_bytes() {
+        if topic_frame != env.topic.as_str().as_bytes() {
             bump(&inner.counters.frames_rejected, 1);
             continue;
         }
