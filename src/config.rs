@@ -162,8 +162,14 @@ pub struct LimitsSection {
     pub max_message_size: usize,
     /// Events waiting to be written to the PUB socket.
     pub publish_queue: usize,
-    /// What to do when `publish_queue` is full.
+    /// Bytes the publish queue may hold (encoded events).
+    pub publish_queue_bytes: usize,
+    /// What to do when `publish_queue` or `publish_queue_bytes` is full.
     pub publish_overflow: Overflow,
+    /// Frames queued at the PUB socket per subscriber; beyond that, frames for that
+    /// subscriber are dropped (it sees a sequence gap). With `batch_max_bytes`, this
+    /// bounds what a stalled subscriber costs the publisher.
+    pub subscriber_queue: usize,
     /// Largest batch frame the publisher builds from a backlog, in bytes.
     pub batch_max_bytes: usize,
     /// Events buffered per subscription; further events are dropped and counted.
@@ -183,7 +189,9 @@ impl Default for LimitsSection {
         Self {
             max_message_size: mlmesh_protocol::DEFAULT_MAX_MESSAGE_SIZE,
             publish_queue: 16_384,
+            publish_queue_bytes: 64 << 20,
             publish_overflow: Overflow::DropNewest,
+            subscriber_queue: 1024,
             batch_max_bytes: 16 * 1024,
             subscription_queue: 4096,
             max_concurrent_requests: 256,
@@ -313,6 +321,12 @@ impl Config {
                 "must be between 1 KiB and 256 MiB",
             );
         }
+        if l.publish_queue_bytes < l.max_message_size || l.publish_queue_bytes > u32::MAX as usize {
+            return bad(
+                "limits.publish_queue_bytes",
+                "must be at least limits.max_message_size and at most 4 GiB",
+            );
+        }
         if l.batch_max_bytes > l.max_message_size {
             return bad(
                 "limits.batch_max_bytes",
@@ -321,6 +335,7 @@ impl Config {
         }
         for (field, v) in [
             ("limits.publish_queue", l.publish_queue),
+            ("limits.subscriber_queue", l.subscriber_queue),
             ("limits.subscription_queue", l.subscription_queue),
             ("limits.max_concurrent_requests", l.max_concurrent_requests),
             ("limits.max_in_flight", l.max_in_flight),

@@ -214,6 +214,8 @@ pub(crate) struct Inner {
     pub(crate) subs: Subscriptions,
     pub(crate) clients: Clients,
     pub(crate) publish_tx: mpsc::Sender<Outgoing>,
+    /// Bytes the publish queue may hold, as semaphore permits.
+    pub(crate) publish_budget: Arc<Semaphore>,
     pub(crate) control_tx: mpsc::Sender<Outgoing>,
     pub(crate) seqs: Mutex<HashMap<Topic, u64>>,
     pub(crate) in_flight: Arc<Semaphore>,
@@ -335,21 +337,44 @@ impl Inner {
         // Local subscribers see their own node's events too, without the network.
         self.subs.dispatch(&env, 0);
         bump(&self.counters.events_published, 1);
-        let out = Outgoing { topic, frame };
+        // The queue is bounded twice: in events (the channel) and in bytes (the budget).
+        let cost = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let budget = self.publish_budget.clone();
         match self.config.limits.publish_overflow {
-            Overflow::DropNewest => match self.publish_tx.try_send(out) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            Overflow::DropNewest => {
+                let Ok(permit) = budget.try_acquire_many_owned(cost) else {
                     bump(&self.counters.events_dropped, 1);
-                    Ok(())
+                    return Ok(());
+                };
+                let out = Outgoing {
+                    topic,
+                    frame,
+                    budget: Some(permit),
+                };
+                match self.publish_tx.try_send(out) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        bump(&self.counters.events_dropped, 1);
+                        Ok(())
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Closed),
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Closed),
-            },
-            Overflow::Block => self
-                .publish_tx
-                .send(out)
-                .await
-                .map_err(|_| PublishError::Closed),
+            }
+            Overflow::Block => {
+                let permit = budget
+                    .acquire_many_owned(cost)
+                    .await
+                    .map_err(|_| PublishError::Closed)?;
+                let out = Outgoing {
+                    topic,
+                    frame,
+                    budget: Some(permit),
+                };
+                self.publish_tx
+                    .send(out)
+                    .await
+                    .map_err(|_| PublishError::Closed)
+            }
         }
     }
 
@@ -376,6 +401,7 @@ impl Inner {
             let _ = self.control_tx.try_send(Outgoing {
                 topic,
                 frame: frame.into(),
+                budget: None,
             });
         }
     }
@@ -502,9 +528,12 @@ impl NodeBuilder {
         serves.sort_by(|a, b| a.topic.cmp(&b.topic));
 
         let bind = config.bind_address()?;
+        let limits = &config.limits;
         let (pub_socket, pub_port) =
-            transport::publisher::bind(bind, config.network.pub_port).await?;
-        let (router, rpc_port) = transport::server::bind(bind, config.network.rpc_port).await?;
+            transport::publisher::bind(bind, config.network.pub_port, limits.subscriber_queue)
+                .await?;
+        let (router, rpc_port) =
+            transport::server::bind(bind, config.network.rpc_port, limits.max_message_size).await?;
         let host = advertised_host(&config, bind);
         let endpoints = Endpoints {
             publish: format!("tcp://{host}:{pub_port}"),
@@ -528,6 +557,7 @@ impl NodeBuilder {
             subs: Subscriptions::new(limits.subscription_queue),
             clients: Clients::default(),
             publish_tx,
+            publish_budget: Arc::new(Semaphore::new(limits.publish_queue_bytes)),
             control_tx,
             seqs: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),

@@ -9,10 +9,27 @@ use std::time::Duration;
 
 use zeromq::{Endpoint, SocketOptions};
 
-/// Socket options for outgoing connections: a short connect timeout, since zmq.rs
-/// otherwise blocks for 30 s on a peer that is not listening.
-pub(crate) fn dial_options(timeout: Duration) -> SocketOptions {
+/// What a ZeroMQ message may hold beyond one envelope: routing and topic frames.
+const FRAMING_SLACK: usize = 4096;
+
+/// Socket options for listening sockets. zmq.rs (as patched) refuses a message over
+/// twice the envelope limit by closing the connection before reserving memory for it
+/// (upstream would reserve whatever a frame header announces). Up to twice the limit, a
+/// message still reaches the node, which answers it TOO_LARGE or drops and counts it.
+pub(crate) fn listen_options(max_message_size: usize) -> SocketOptions {
     let mut o = SocketOptions::default();
+    o.max_message_size(
+        max_message_size
+            .saturating_mul(2)
+            .saturating_add(FRAMING_SLACK),
+    );
+    o
+}
+
+/// Socket options for outgoing connections: the same bound, and a short connect
+/// timeout, since zmq.rs otherwise blocks for 30 s on a peer that is not listening.
+pub(crate) fn dial_options(max_message_size: usize, timeout: Duration) -> SocketOptions {
+    let mut o = listen_options(max_message_size);
     o.connect_timeout(timeout);
     o
 }

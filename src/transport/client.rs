@@ -250,7 +250,8 @@ async fn supervise(
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let mut socket = DealerSocket::with_options(super::dial_options(connect_timeout));
+        let mut socket =
+            DealerSocket::with_options(super::dial_options(codec.max_size(), connect_timeout));
         let mut monitor = socket.monitor();
         let connected = tokio::select! {
             _ = cancel.cancelled() => return,

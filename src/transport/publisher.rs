@@ -20,15 +20,29 @@ use crate::node::{bump, BuildError, Inner};
 /// Most envelopes in one batch frame.
 const BATCH_MAX_COUNT: usize = 1024;
 
-/// An encoded envelope on its way to the PUB socket.
+/// Largest message a subscriber may send to a PUB (a subscription: a topic prefix).
+const MAX_SUBSCRIPTION: usize = 1024;
+
+/// An encoded envelope on its way to the PUB socket, holding its share of the publish
+/// queue's byte budget until it is handed to the socket.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) topic: Topic,
     pub(crate) frame: Bytes,
+    pub(crate) budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-pub(crate) async fn bind(ip: Ipv4Addr, port: u16) -> Result<(PubSocket, u16), BuildError> {
-    let mut socket = PubSocket::new();
+/// A PUB socket whose per-subscriber queue holds `subscriber_queue` frames (zmq.rs,
+/// as patched here, drops beyond that), and which accepts only small messages from
+/// subscribers (subscriptions).
+pub(crate) async fn bind(
+    ip: Ipv4Addr,
+    port: u16,
+    subscriber_queue: usize,
+) -> Result<(PubSocket, u16), BuildError> {
+    let mut options = super::listen_options(MAX_SUBSCRIPTION);
+    options.send_queue_capacity(subscriber_queue);
+    let mut socket = PubSocket::with_options(options);
     let endpoint = format!("tcp://{ip}:{port}");
     let bound = socket.bind(&endpoint).await.map_err(|e| BuildError::Bind {
         socket: "pub",
@@ -63,6 +77,7 @@ pub(crate) async fn run(
         let topic = first.topic;
         parts.clear();
         parts.push(first.frame);
+        drop(first.budget);
         while parts.len() < BATCH_MAX_COUNT {
             let Ok(next) = queue.try_recv() else { break };
             if next.topic != topic || size + next.frame.len() > budget {
@@ -71,6 +86,7 @@ pub(crate) async fn run(
             }
             size += next.frame.len();
             parts.push(next.frame);
+            drop(next.budget);
         }
         let body = if parts.len() == 1 {
             parts.pop().unwrap_or_default()

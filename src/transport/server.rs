@@ -20,8 +20,12 @@ use mlmesh_protocol::{Body, Code, Envelope, Kind, MessageId, Status, Topic};
 use crate::handler::{Ctx, ErasedHandler, Reply};
 use crate::node::{bump, BuildError, Inner, NodeHandle};
 
-pub(crate) async fn bind(ip: Ipv4Addr, port: u16) -> Result<(RouterSocket, u16), BuildError> {
-    let mut socket = RouterSocket::new();
+pub(crate) async fn bind(
+    ip: Ipv4Addr,
+    port: u16,
+    max_message_size: usize,
+) -> Result<(RouterSocket, u16), BuildError> {
+    let mut socket = RouterSocket::with_options(super::listen_options(max_message_size));
     let endpoint = format!("tcp://{ip}:{port}");
     let bound = socket.bind(&endpoint).await.map_err(|e| BuildError::Bind {
         socket: "rpc",

@@ -27,7 +27,7 @@ pub(crate) async fn run(
 ) {
     let timeout = Duration::from_millis(inner.config.limits.connect_timeout_ms);
     let mut prefixes = inner.subs.prefixes();
-    let mut socket = SubSocket::with_options(super::dial_options(timeout));
+    let mut socket = SubSocket::with_options(super::dial_options(inner.codec.max_size(), timeout));
     let mut subscribed: Vec<String> = Vec::new();
     let initial = prefixes.borrow_and_update().clone();
     for p in initial.iter() {

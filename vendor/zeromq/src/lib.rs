@@ -353,6 +353,9 @@ pub struct SocketOptions {
     // Shared by read preparation and decoder reservation.
     pub(crate) read_buffer_max_size: usize,
     pub(crate) read_buffer_short_reads: usize,
+    // mlmesh patch: bounds on what a peer can make this socket hold.
+    pub(crate) send_queue_capacity: Option<usize>,
+    pub(crate) max_message_size: Option<usize>,
 }
 
 impl Default for SocketOptions {
@@ -363,6 +366,8 @@ impl Default for SocketOptions {
             read_buffer_initial_size: 128,
             read_buffer_max_size: 64 * 1024,
             read_buffer_short_reads: 2,
+            send_queue_capacity: None,
+            max_message_size: None,
         }
     }
 }
@@ -416,6 +421,21 @@ impl SocketOptions {
         self.read_buffer_initial_size = initial_size;
         self.read_buffer_max_size = max_size;
         self.read_buffer_short_reads = short_reads;
+        self
+    }
+
+    /// mlmesh patch: messages queued per subscriber on a PUB socket before further
+    /// ones are dropped (upstream default: 100,000).
+    pub fn send_queue_capacity(&mut self, messages: usize) -> &mut Self {
+        self.send_queue_capacity = Some(messages.max(1));
+        self
+    }
+
+    /// mlmesh patch: the largest message (all frames together) this socket accepts
+    /// from a peer. A peer that announces a larger frame, or sends more frames than fit,
+    /// is disconnected before any memory is reserved for it. Unset: no limit (upstream).
+    pub fn max_message_size(&mut self, bytes: usize) -> &mut Self {
+        self.max_message_size = Some(bytes);
         self
     }
 

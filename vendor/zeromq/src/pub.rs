@@ -44,7 +44,11 @@ fn subscription_matches(subscriptions: &[Vec<u8>], first_frame: &Bytes) -> bool 
         })
 }
 
-fn send_to_subscriber(mut send_queue: PubSendQueue, message: &ZmqMessage) {
+// mlmesh patch: takes the subscriber's own sender by reference. Upstream passed a fresh
+// clone per message, and every futures-mpsc sender clone has a guaranteed slot of its
+// own, so the queue never filled and a stalled subscriber grew the publisher without
+// bound. With one persistent sender the capacity holds and full queues drop.
+fn send_to_subscriber(send_queue: &mut PubSendQueue, message: &ZmqMessage) {
     let message = Message::Message(message.clone());
     match send_queue.try_send(message) {
         Ok(()) => {}
@@ -135,9 +139,9 @@ impl PubSocketBackend {
         };
 
         let mut iter = self.subscribers.begin_async().await;
-        while let Some(subscriber) = iter {
+        while let Some(mut subscriber) = iter {
             if subscription_matches(&subscriber.subscriptions, first_frame) {
-                send_to_subscriber(subscriber.send_queue.clone(), &message);
+                send_to_subscriber(&mut subscriber.get_mut().send_queue, &message);
             }
             iter = subscriber.next_async().await;
         }
@@ -207,7 +211,11 @@ impl MultiPeerBackend for PubSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (mut recv_queue, send_queue) = io.into_parts();
         // TODO provide handling for recv_queue
-        let (queue_sender, queue_receiver) = mpsc::channel(PUB_SEND_QUEUE_CAPACITY);
+        let capacity = self
+            .socket_options
+            .send_queue_capacity
+            .unwrap_or(PUB_SEND_QUEUE_CAPACITY);
+        let (queue_sender, queue_receiver) = mpsc::channel(capacity);
         let (sender, stop_receiver) = oneshot::channel();
         let old_subscriber = self
             .subscribers

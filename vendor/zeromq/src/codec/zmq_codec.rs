@@ -33,7 +33,15 @@ pub struct ZmqCodec {
     // internal details to higher levels
     buffered_message: Option<ZmqMessage>,
     max_read_chunk_size: usize,
+    // mlmesh patch: the message size limit, and what the message being assembled
+    // already holds (each frame also counts a fixed overhead, so that a flood of empty
+    // frames is bounded too).
+    max_message_size: Option<usize>,
+    buffered_size: usize,
 }
+
+/// mlmesh patch: what one frame costs beyond its bytes, for the message size limit.
+const FRAME_OVERHEAD: usize = 64;
 
 impl ZmqCodec {
     pub fn new() -> Self {
@@ -46,6 +54,8 @@ impl ZmqCodec {
             waiting_for: 64, // len of the greeting frame
             buffered_message: None,
             max_read_chunk_size: options.read_buffer_max_size,
+            max_message_size: options.max_message_size,
+            buffered_size: 0,
         }
     }
 
@@ -123,6 +133,24 @@ impl Decoder for ZmqCodec {
                     } else {
                         usize::from(src.get_u8())
                     };
+                    // mlmesh patch: refuse a message over the limit before reserving
+                    // memory for it (a 9-byte header can announce any size).
+                    if !frame.command {
+                        let total = self
+                            .buffered_size
+                            .saturating_add(frame_len)
+                            .saturating_add(FRAME_OVERHEAD);
+                        if self.max_message_size.is_some_and(|max| total > max) {
+                            return Err(CodecError::Decode(
+                                "Message exceeds the socket's maximum message size",
+                            ));
+                        }
+                        self.buffered_size = total;
+                    } else if self.max_message_size.is_some_and(|max| frame_len > max) {
+                        return Err(CodecError::Decode(
+                            "Command exceeds the socket's maximum message size",
+                        ));
+                    }
                     self.state = DecoderState::Frame(frame);
                     self.waiting_for = frame_len;
                 }
@@ -141,6 +169,7 @@ impl Decoder for ZmqCodec {
                     }
 
                     if !frame.more {
+                        self.buffered_size = 0;
                         // Quoth the Raven “Nevermore.”
                         return Ok(Some(Message::Message(
                             self.buffered_message
