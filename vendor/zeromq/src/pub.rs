@@ -590,7 +590,7 @@ mod tests {
         }
         assert!(prefilled_count > 0);
 
-        send_to_subscriber(queue_sender, &ZmqMessage::from("dropped payload"));
+        send_to_subscriber(&mut queue_sender, &ZmqMessage::from("dropped payload"));
 
         assert!(backend.subscribers.get_sync(&peer_id).is_some());
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 1);
@@ -616,7 +616,7 @@ mod tests {
     async fn test_send_to_subscriber_drops_closed_queue_without_disconnect() {
         let backend = test_backend();
         let peer_id = PeerIdentity::new();
-        let (queue_sender, queue_receiver) = mpsc::channel(1);
+        let (mut queue_sender, queue_receiver) = mpsc::channel(1);
         drop(queue_receiver);
 
         insert_test_subscriber(
@@ -627,7 +627,7 @@ mod tests {
         )
         .await;
 
-        send_to_subscriber(queue_sender, &ZmqMessage::from("payload"));
+        send_to_subscriber(&mut queue_sender, &ZmqMessage::from("payload"));
 
         assert!(backend.subscribers.get_sync(&peer_id).is_some());
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 1);
