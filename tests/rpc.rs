@@ -290,32 +290,7 @@ async fn a_panicking_handler_is_internal_and_the_node_lives_on() {
         },
     ))
     .await;
-    let caller = plain(seeded("caller", &mesh, &provider)).await;
-    wait_peers(&caller, 1).await;
-
-    let err = caller
-        .request_with::<_, String>("risky.op", &true, deadline(2000))
-        .await
-        .expect_err("the handler panics");
-    assert_eq!(err.code, Code::Internal, "{err}");
-    let ok: String = caller
-        .request_with("risky.op", &false, deadline(2000))
-        .await
-        .expect("the node lives on");
-    assert_eq!(ok, "fine");
-    assert_eq!(provider.stats().handler_panics, 1);
-
-    // The provider calling its own handler (no sockets) gets the same code.
-    let err = within(
-        "a local call to a panicking handler",
-        Duration::from_secs(3),
-        provider.request_with::<_, String>("risky.op", &true, deadline(2000)),
-    )
-    .await
-    .expect_err("the handler panics");
-    assert_eq!(err.code, Code::Internal, "{err}");
-    assert_eq!(provider.stats().handler_panics, 2);
-    shutdown_all(vec![caller, provider]).await;
+    panics_become_internal(&mesh, provider, "risky.op").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,16 +308,22 @@ async fn a_handler_that_panics_before_returning_its_future_is_internal_too() {
         },
     ))
     .await;
-    let caller = plain(seeded("caller", &mesh, &provider)).await;
+    panics_become_internal(&mesh, provider, "risky.sync").await;
+}
+
+/// `provider` serves `topic` with a handler that panics when sent `true`: a remote call
+/// and a local one both get INTERNAL, and the provider serves on.
+async fn panics_become_internal(mesh: &str, provider: NodeHandle, topic: &str) {
+    let caller = plain(seeded("caller", mesh, &provider)).await;
     wait_peers(&caller, 1).await;
 
     let err = caller
-        .request_with::<_, String>("risky.sync", &true, deadline(2000))
+        .request_with::<_, String>(topic, &true, deadline(2000))
         .await
         .expect_err("the handler panics");
     assert_eq!(err.code, Code::Internal, "{err}");
     let ok: String = caller
-        .request_with("risky.sync", &false, deadline(2000))
+        .request_with(topic, &false, deadline(2000))
         .await
         .expect("the node lives on");
     assert_eq!(ok, "fine");
@@ -352,7 +333,7 @@ async fn a_handler_that_panics_before_returning_its_future_is_internal_too() {
     let err = within(
         "a local call to a panicking handler",
         Duration::from_secs(3),
-        provider.request_with::<_, String>("risky.sync", &true, deadline(2000)),
+        provider.request_with::<_, String>(topic, &true, deadline(2000)),
     )
     .await
     .expect_err("the handler panics");

@@ -69,12 +69,7 @@ impl Clients {
     /// Stops the client for `endpoint` after its pending calls are answered, or after
     /// `grace` at the latest. New calls no longer find it.
     pub(crate) fn retire(&self, endpoint: &str, grace: Duration) {
-        let c = self
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(endpoint);
-        if let Some(c) = c {
+        if let Some(c) = self.take(endpoint) {
             tokio::spawn(async move {
                 let until = Instant::now() + grace;
                 while Instant::now() < until
@@ -93,14 +88,16 @@ impl Clients {
 
     /// Stops the client for `endpoint` now; calls waiting on it end with CANCELLED.
     pub(crate) fn remove(&self, endpoint: &str) {
-        let c = self
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(endpoint);
-        if let Some(c) = c {
+        if let Some(c) = self.take(endpoint) {
             c.close();
         }
+    }
+
+    fn take(&self, endpoint: &str) -> Option<Arc<PeerClient>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(endpoint)
     }
 
     pub(crate) fn close_all(&self) {
