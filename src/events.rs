@@ -191,30 +191,36 @@ fn minimal_prefixes<'a>(patterns: impl Iterator<Item = &'a str>) -> Vec<String> 
 #[derive(Debug, Default)]
 pub(crate) struct GapTracker {
     last: HashMap<(NodeId, Topic), u64>,
+    /// The most recent (source, topic) and its last seq: consecutive events (a batch
+    /// shares one topic) skip the hash lookup. The map is updated when the key changes.
+    recent: Option<((NodeId, Topic), u64)>,
 }
 
 impl GapTracker {
     /// Records `seq` and returns how many were skipped before it. The first event of
     /// a (source, topic) counts none: the receiver cannot know what came before it joined.
     pub(crate) fn observe(&mut self, source: NodeId, topic: &Topic, seq: u64) -> u64 {
-        match self.last.get_mut(&(source, topic.clone())) {
-            Some(last) => {
-                // Not greater than the last: the publisher restarted with the same id;
-                // count from here again (SPEC 8.1).
-                let missed = seq.saturating_sub(last.saturating_add(1));
-                *last = seq;
-                missed
+        let last = match &mut self.recent {
+            Some(((s, t), last)) if *s == source && t == topic => Some(*last),
+            recent => {
+                if let Some((key, last)) = recent.take() {
+                    self.last.insert(key, last);
+                }
+                self.last.get(&(source, topic.clone())).copied()
             }
-            None => {
-                self.last.insert((source, topic.clone()), seq);
-                0
-            }
-        }
+        };
+        self.recent = Some(((source, topic.clone()), seq));
+        // Not greater than the last: the publisher restarted with the same id; count
+        // from here again (SPEC 8.1). The first event of a key counts no gap.
+        last.map_or(0, |last| seq.saturating_sub(last.saturating_add(1)))
     }
 
     /// Forgets a source (it left; a return is a new incarnation).
     pub(crate) fn forget(&mut self, source: NodeId) {
         self.last.retain(|(s, _), _| *s != source);
+        if self.recent.as_ref().is_some_and(|((s, _), _)| *s == source) {
+            self.recent = None;
+        }
     }
 }
 

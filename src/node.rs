@@ -326,6 +326,9 @@ impl Inner {
         if self.cancel.is_cancelled() {
             return Err(PublishError::Closed);
         }
+        // A publishing loop never waits under DropNewest: without this it would starve
+        // the node's own publisher task on the same worker, and drop nearly everything.
+        tokio::task::consume_budget().await;
         let seq = {
             let mut seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
             let s = seqs.entry(topic.clone()).or_insert(0);

@@ -3,38 +3,62 @@
 //!
 //! zmq.rs's DEALER neither reconnects after the peer restarts nor bounds its connect
 //! (30 s by default), so each client runs a supervisor task that connects with a short
-//! timeout, and builds a new socket whenever the old one is disconnected or suspected
-//! dead (a request timed out with no reply on that connection since it was sent).
+//! timeout, reads replies, and builds a new socket whenever the old one is disconnected
+//! or suspected dead (a request timed out with no reply on that connection since it was
+//! sent). Callers send on the connection's send half themselves (no task hop); while
+//! there is no connection, requests wait in a bounded queue the supervisor drains.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
-use zeromq::{DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{
+    DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqError, ZmqMessage,
+};
 
 use mlmesh_protocol::{Body, Code, Codec, Envelope, MessageId, Status};
 
-/// Requests queued towards one endpoint before callers wait for room.
+/// Requests queued towards one endpoint while it is not connected.
 const QUEUE: usize = 1024;
 
 type Pending = Mutex<HashMap<MessageId, oneshot::Sender<Envelope>>>;
 
+/// What a client and its supervisor task share.
+#[derive(Debug)]
+struct Shared {
+    endpoint: String,
+    codec: Codec,
+    connect_timeout: Duration,
+    pending: Pending,
+    /// The live connection's send half; `None` while (re)connecting.
+    connection: RwLock<Option<DealerSendHalfDebug>>,
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last reply on the current connection.
+    last_reply_ms: AtomicU64,
+    rebuild: Notify,
+    cancel: CancellationToken,
+}
+
+/// A DEALER send half (zmq.rs's has no `Debug`).
+#[derive(Clone)]
+struct DealerSendHalfDebug(DealerSendHalf);
+
+impl std::fmt::Debug for DealerSendHalfDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DealerSendHalf")
+    }
+}
+
 /// A client towards one ROUTER endpoint.
 #[derive(Debug)]
 pub(crate) struct PeerClient {
-    endpoint: String,
-    tx: mpsc::Sender<ZmqMessage>,
-    pending: Arc<Pending>,
-    epoch: Instant,
-    /// Milliseconds since `epoch` of the last reply on the current connection.
-    last_reply_ms: Arc<AtomicU64>,
-    rebuild: Arc<Notify>,
-    cancel: CancellationToken,
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<ZmqMessage>,
 }
 
 /// Every client of a node, by endpoint.
@@ -72,13 +96,7 @@ impl Clients {
         if let Some(c) = self.take(endpoint) {
             tokio::spawn(async move {
                 let until = Instant::now() + grace;
-                while Instant::now() < until
-                    && !c
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .is_empty()
-                {
+                while Instant::now() < until && c.has_pending() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 c.close();
@@ -120,33 +138,37 @@ impl PeerClient {
         connect_timeout: Duration,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let client = Arc::new(Self {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let shared = Arc::new(Shared {
             endpoint,
-            tx,
-            pending: Arc::new(Mutex::new(HashMap::new())),
-            epoch: Instant::now(),
-            last_reply_ms: Arc::new(AtomicU64::new(0)),
-            rebuild: Arc::new(Notify::new()),
-            cancel,
-        });
-        tokio::spawn(supervise(
-            client.endpoint.clone(),
             codec,
             connect_timeout,
-            rx,
-            client.pending.clone(),
-            client.epoch,
-            client.last_reply_ms.clone(),
-            client.rebuild.clone(),
-            client.cancel.clone(),
-        ));
-        client
+            pending: Mutex::new(HashMap::new()),
+            connection: RwLock::new(None),
+            epoch: Instant::now(),
+            last_reply_ms: AtomicU64::new(0),
+            rebuild: Notify::new(),
+            cancel,
+        });
+        tokio::spawn(supervise(shared.clone(), rx));
+        Arc::new(Self { shared, queue })
     }
 
     fn close(&self) {
-        self.cancel.cancel();
-        fail_all(&self.pending, "the connection to the provider was closed");
+        self.shared.cancel.cancel();
+        fail_all(
+            &self.shared.pending,
+            "the connection to the provider was closed",
+        );
+    }
+
+    fn has_pending(&self) -> bool {
+        !self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// Sends one encoded request and waits for its reply until `deadline`.
@@ -156,18 +178,20 @@ impl PeerClient {
         frame: Vec<u8>,
         deadline: Instant,
     ) -> Result<Envelope, Status> {
+        let shared = &self.shared;
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.pending
+        shared
+            .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, reply_tx);
-        let _cleanup = RemoveOnDrop(&self.pending, id);
-        let sent_ms = self.now_ms();
+        let _cleanup = RemoveOnDrop(&shared.pending, id);
+        let sent_ms = shared.now_ms();
         let mut msg = ZmqMessage::from(Bytes::new());
         msg.push_back(Bytes::from(frame));
         let deadline = tokio::time::Instant::from_std(deadline);
         let outcome = tokio::time::timeout_at(deadline, async {
-            self.tx.send(msg).await.map_err(|_| not_sent())?;
+            self.send(msg).await?;
             reply_rx.await.map_err(|_| lost())
         })
         .await;
@@ -176,19 +200,49 @@ impl PeerClient {
             Err(_) => {
                 // No reply on this connection since the request went out: the
                 // connection may be dead without zmq.rs noticing; build a new one.
-                if self.last_reply_ms.load(Ordering::Relaxed) <= sent_ms {
-                    self.rebuild.notify_one();
+                if shared.last_reply_ms.load(Ordering::Relaxed) <= sent_ms {
+                    shared.rebuild.notify_one();
                 }
                 Err(Status::error(
                     Code::DeadlineExceeded,
-                    format!("no reply from {} by the deadline", self.endpoint),
+                    format!("no reply from {} by the deadline", shared.endpoint),
                 ))
             }
         }
     }
 
+    /// On the live connection if there is one, else through the supervisor's queue.
+    async fn send(&self, msg: ZmqMessage) -> Result<(), Status> {
+        let connection = self
+            .shared
+            .connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let msg = match connection {
+            Some(DealerSendHalfDebug(mut half)) => match half.send(msg).await {
+                Ok(()) => return Ok(()),
+                // The connection went away under us: the message is handed back.
+                Err(ZmqError::ReturnToSender { message, .. }) => message,
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.shared.endpoint, error = %e, "send failed");
+                    self.shared.rebuild.notify_one();
+                    return Err(not_sent());
+                }
+            },
+            None => msg,
+        };
+        self.queue.send(msg).await.map_err(|_| not_sent())
+    }
+}
+
+impl Shared {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn set_connection(&self, half: Option<DealerSendHalf>) {
+        *self.connection.write().unwrap_or_else(|e| e.into_inner()) = half.map(DealerSendHalfDebug);
     }
 }
 
@@ -233,55 +287,53 @@ fn fail_all(pending: &Pending, why: &str) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
-    endpoint: String,
-    codec: Codec,
-    connect_timeout: Duration,
-    mut rx: mpsc::Receiver<ZmqMessage>,
-    pending: Arc<Pending>,
-    epoch: Instant,
-    last_reply_ms: Arc<AtomicU64>,
-    rebuild: Arc<Notify>,
-    cancel: CancellationToken,
-) {
+/// Connects, reads replies, and rebuilds the connection when it fails.
+async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
+    let endpoint = shared.endpoint.as_str();
     let mut backoff = Duration::from_millis(50);
     loop {
-        let mut socket =
-            DealerSocket::with_options(super::dial_options(codec.max_size(), connect_timeout));
+        let options = super::dial_options(shared.codec.max_size(), shared.connect_timeout);
+        let mut socket = DealerSocket::with_options(options);
         let mut monitor = socket.monitor();
         let connected = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = socket.connect(&endpoint) => r,
+            _ = shared.cancel.cancelled() => return,
+            r = socket.connect(endpoint) => r,
         };
         if let Err(e) = connected {
             tracing::debug!(%endpoint, error = %e, "connect failed; retrying");
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = shared.cancel.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         }
         backoff = Duration::from_millis(50);
-        last_reply_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        shared
+            .last_reply_ms
+            .store(shared.now_ms(), Ordering::Relaxed);
         let (mut send, mut recv) = socket.split();
+        shared.set_connection(Some(send.clone()));
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = rebuild.notified() => {
+                _ = shared.cancel.cancelled() => {
+                    shared.set_connection(None);
+                    return;
+                }
+                _ = shared.rebuild.notified() => {
                     tracing::debug!(%endpoint, "rebuilding the connection after a silent timeout");
                     break;
                 }
                 ev = monitor.next() => match ev {
                     Some(SocketEvent::Disconnected(_)) | None => {
                         tracing::debug!(%endpoint, "provider disconnected");
-                        fail_all(&pending, "provider disconnected");
+                        fail_all(&shared.pending, "provider disconnected");
                         break;
                     }
                     Some(_) => {}
                 },
-                Some(msg) = rx.recv() => {
+                // Requests made while there was no connection.
+                Some(msg) = queue.recv() => {
                     if let Err(e) = send.send(msg).await {
                         tracing::debug!(%endpoint, error = %e, "send failed");
                         break;
@@ -289,8 +341,8 @@ async fn supervise(
                 }
                 msg = recv.recv() => match msg {
                     Ok(msg) => {
-                        last_reply_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        deliver(&codec, &pending, msg);
+                        shared.last_reply_ms.store(shared.now_ms(), Ordering::Relaxed);
+                        deliver(&shared.codec, &shared.pending, msg);
                     }
                     Err(e) => {
                         tracing::debug!(%endpoint, error = %e, "receive failed");
@@ -299,6 +351,7 @@ async fn supervise(
                 },
             }
         }
+        shared.set_connection(None);
     }
 }
 

@@ -11,8 +11,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::task::Context;
+
 use bytes::Bytes;
 use futures::FutureExt;
+use tokio_util::task::TaskTracker;
 use zeromq::{RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use mlmesh_protocol::{Body, Code, Envelope, Kind, MessageId, Status, Topic};
@@ -144,7 +148,7 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
     };
     let inner2 = inner.clone();
     let send = send.clone();
-    inner.handler_tasks.spawn(async move {
+    run_now_or_spawn(&inner.handler_tasks, async move {
         let _permit = permit;
         if Instant::now() >= deadline {
             // Queued past the caller's deadline: do not start the work, but still answer
@@ -180,6 +184,19 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
             }
         }
     });
+}
+
+/// Polls `work` once right here, on the receive loop, and spawns it as a tracked task
+/// only if it is not finished: most handlers answer without waiting, and a task per
+/// request was the largest cost of a round trip. A handler that computes for long
+/// without awaiting holds up the receive loop meanwhile, as it would hold a worker.
+fn run_now_or_spawn(tasks: &TaskTracker, work: impl Future<Output = ()> + Send + 'static) {
+    let mut work = Box::pin(work);
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    if work.as_mut().poll(&mut cx).is_pending() {
+        // The task polls it again with a real waker, which every future re-registers.
+        tasks.spawn(work);
+    }
 }
 
 /// Runs a handler, both the call that builds its future and the future itself; a
@@ -262,12 +279,13 @@ fn encode_reply(
     status: Status,
     data: Bytes,
 ) -> Option<ZmqMessage> {
+    let time = mlmesh_protocol::now_nanos();
     let mut env = Envelope {
         version: mlmesh_protocol::PROTOCOL_VERSION,
-        id: MessageId::new(),
+        id: MessageId::at(time),
         topic: topic.clone(),
         source: inner.id,
-        time: mlmesh_protocol::now_nanos(),
+        time,
         body: Body::Reply { re, status },
         data,
     };

@@ -75,7 +75,12 @@ pub(crate) async fn run(
                 }
             }
             msg = socket.recv() => match msg {
-                Ok(msg) => receive(&inner, peer, &live, &mut gaps, msg),
+                Ok(msg) => {
+                    receive(&inner, peer, &live, &mut gaps, msg);
+                    // zmq.rs's futures do not count against Tokio's cooperative budget:
+                    // without this, a busy SUB never lets the subscriptions' readers run.
+                    tokio::task::consume_budget().await;
+                }
                 Err(e) => {
                     tracing::debug!(%endpoint, error = %e, "SUB receive failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;

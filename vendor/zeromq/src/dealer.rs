@@ -152,6 +152,10 @@ impl Drop for DealerSocketInner {
 }
 
 /// The send half of a [`DealerSocket`] produced by [`DealerSocket::split`].
+///
+/// mlmesh patch: cloneable, like `RouterSendHalf`, so that many tasks can send on one
+/// connection without a hop through a task that owns it.
+#[derive(Clone)]
 pub struct DealerSendHalf {
     inner: Arc<DealerSocketInner>,
 }
