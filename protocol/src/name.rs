@@ -160,13 +160,40 @@ impl<'de> Deserialize<'de> for Topic {
 
 /// A validated subscription pattern: `tracking.run.*`, `tracking.**`, `**`.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Pattern(Arc<str>);
+pub struct Pattern(Arc<str>, Shape);
+
+/// What a pattern's shape lets [`Pattern::matches`] skip: most patterns are a topic, a
+/// prefix followed by `**`, or `**` alone, and those need no segment-by-segment walk.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Shape {
+    /// No wildcard: the topic must be equal.
+    Exact,
+    /// `**` alone.
+    All,
+    /// `a.b.**`: the topic starts with `a.b.` (the stored length) and has more after it.
+    Prefix(usize),
+    /// Anything with `*`.
+    General,
+}
 
 impl Pattern {
     /// Parses and validates a pattern.
     pub fn new(pattern: &str) -> Result<Self, NameError> {
         check(pattern, true)?;
-        Ok(Self(Arc::from(pattern)))
+        let shape = if pattern == "**" {
+            Shape::All
+        } else if !pattern.contains('*') {
+            Shape::Exact
+        } else if let Some(prefix) = pattern.strip_suffix("**") {
+            if prefix.contains('*') {
+                Shape::General
+            } else {
+                Shape::Prefix(prefix.len())
+            }
+        } else {
+            Shape::General
+        };
+        Ok(Self(Arc::from(pattern), shape))
     }
 
     /// The pattern as text.
@@ -176,6 +203,13 @@ impl Pattern {
 
     /// Whether `topic` matches this pattern.
     pub fn matches(&self, topic: &Topic) -> bool {
+        let t = topic.as_str();
+        match self.1 {
+            Shape::All => return true,
+            Shape::Exact => return *self.0 == *t,
+            Shape::Prefix(n) => return t.len() > n && t.as_bytes()[..n] == self.0.as_bytes()[..n],
+            Shape::General => {}
+        }
         let mut want = self.0.split('.');
         let mut have = topic.as_str().split('.');
         loop {
@@ -201,7 +235,7 @@ impl Pattern {
 
 impl From<Topic> for Pattern {
     fn from(topic: Topic) -> Self {
-        Self(topic.0)
+        Self(topic.0, Shape::Exact)
     }
 }
 
@@ -287,5 +321,11 @@ mod tests {
         assert_eq!(p("tracking.run.*").literal_prefix(), "tracking.run.");
         assert_eq!(p("**").literal_prefix(), "");
         assert_eq!(p("a.b").literal_prefix(), "a.b");
+        // Each shape's fast path agrees with the segment walk.
+        assert!(p("a.**").matches(&t("a.b")));
+        assert!(!p("a.**").matches(&t("ab.c")));
+        assert!(!p("a.**").matches(&t("a")));
+        assert!(p("a.*.**").matches(&t("a.b.c")));
+        assert!(!p("a.*.**").matches(&t("a.b")));
     }
 }

@@ -77,7 +77,8 @@ pub(crate) async fn run(
         let topic = first.topic;
         parts.clear();
         parts.push(first.frame);
-        drop(first.budget);
+        // Released once per frame below: a release takes the semaphore's lock.
+        let mut permits = first.budget;
         while parts.len() < BATCH_MAX_COUNT {
             let Ok(next) = queue.try_recv() else { break };
             if next.topic != topic || size + next.frame.len() > budget {
@@ -86,13 +87,18 @@ pub(crate) async fn run(
             }
             size += next.frame.len();
             parts.push(next.frame);
-            drop(next.budget);
+            match (&mut permits, next.budget) {
+                (Some(b), Some(n)) => b.merge(n),
+                (b @ None, n) => *b = n,
+                (Some(_), None) => {}
+            }
         }
         let body = if parts.len() == 1 {
             parts.pop().unwrap_or_default()
         } else {
             Bytes::from(encode_batch(parts.iter().map(|p| &p[..])))
         };
+        drop(permits);
         let mut msg = ZmqMessage::from(Bytes::copy_from_slice(topic.as_str().as_bytes()));
         msg.push_back(body);
         if let Err(e) = socket.send(msg).await {

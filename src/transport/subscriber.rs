@@ -76,10 +76,14 @@ pub(crate) async fn run(
             }
             msg = socket.recv() => match msg {
                 Ok(msg) => {
-                    receive(&inner, peer, &live, &mut gaps, msg);
+                    let delivered = receive(&inner, peer, &live, &mut gaps, msg);
                     // zmq.rs's futures do not count against Tokio's cooperative budget:
                     // without this, a busy SUB never lets the subscriptions' readers run.
-                    tokio::task::consume_budget().await;
+                    // Each event delivered counts (a batch frame holds many), so that the
+                    // readers get a turn well before their bounded queues fill.
+                    for _ in 0..delivered.max(1) {
+                        tokio::task::consume_budget().await;
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(%endpoint, error = %e, "SUB receive failed");
@@ -90,22 +94,30 @@ pub(crate) async fn run(
     }
 }
 
-fn receive(inner: &Inner, peer: NodeId, live: &Liveness, gaps: &mut GapTracker, msg: ZmqMessage) {
+/// Handles one event message; returns how many events it delivered.
+fn receive(
+    inner: &Inner,
+    peer: NodeId,
+    live: &Liveness,
+    gaps: &mut GapTracker,
+    msg: ZmqMessage,
+) -> usize {
     let frames = msg.into_vec();
     // An event message is exactly [topic][body] (SPEC 5.2).
     let [topic_frame, body] = &frames[..] else {
         bump(&inner.counters.frames_rejected, 1);
-        return;
+        return 0;
     };
     let envelopes = match inner.codec.decode_frame(body) {
         Ok(e) => e,
         Err(e) => {
             bump(&inner.counters.frames_rejected, 1);
             tracing::debug!(error = %e, "event frame dropped");
-            return;
+            return 0;
         }
     };
     live.touch();
+    let mut delivered = 0;
     for env in envelopes {
         let Body::Event { seq } = env.body else {
             bump(&inner.counters.frames_rejected, 1);
@@ -121,7 +133,7 @@ fn receive(inner: &Inner, peer: NodeId, live: &Liveness, gaps: &mut GapTracker, 
                 if hb.leaving && env.source == peer {
                     goodbye(inner, peer);
                     gaps.forget(peer);
-                    return;
+                    return delivered;
                 }
             }
             continue;
@@ -132,7 +144,9 @@ fn receive(inner: &Inner, peer: NodeId, live: &Liveness, gaps: &mut GapTracker, 
             bump(&inner.counters.events_missed, missed);
         }
         inner.subs.dispatch(&env, missed);
+        delivered += 1;
     }
+    delivered
 }
 
 /// The peer said it is leaving: remove it now rather than after three intervals.
