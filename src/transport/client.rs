@@ -314,6 +314,26 @@ async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
             .store(shared.now_ms(), Ordering::Relaxed);
         let (mut send, mut recv) = socket.split();
         shared.set_connection(Some(send.clone()));
+        // Replies are read by a task of their own: the shortest way from the socket to
+        // the waiting caller. It ends with the connection.
+        let reading = shared.clone();
+        let reader = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                match recv.recv().await {
+                    Ok(msg) => {
+                        reading
+                            .last_reply_ms
+                            .store(reading.now_ms(), Ordering::Relaxed);
+                        deliver(&reading.codec, &reading.pending, msg);
+                    }
+                    Err(e) => {
+                        tracing::debug!(endpoint = %reading.endpoint, error = %e, "receive failed");
+                        reading.rebuild.notify_one();
+                        return;
+                    }
+                }
+            }
+        }));
         loop {
             tokio::select! {
                 _ = shared.cancel.cancelled() => {
@@ -339,19 +359,19 @@ async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
                         break;
                     }
                 }
-                msg = recv.recv() => match msg {
-                    Ok(msg) => {
-                        shared.last_reply_ms.store(shared.now_ms(), Ordering::Relaxed);
-                        deliver(&shared.codec, &shared.pending, msg);
-                    }
-                    Err(e) => {
-                        tracing::debug!(%endpoint, error = %e, "receive failed");
-                        break;
-                    }
-                },
             }
         }
         shared.set_connection(None);
+        drop(reader);
+    }
+}
+
+/// Aborts a task when dropped (the reader of a connection that is being replaced).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
