@@ -108,7 +108,17 @@ fn receive(
         bump(&inner.counters.frames_rejected, 1);
         return 0;
     };
-    let envelopes = match inner.codec.decode_frame(body) {
+    // Validated once per message; every envelope must carry this topic (SPEC 5.2) and
+    // then shares it rather than validating and allocating its own.
+    let topic = std::str::from_utf8(topic_frame)
+        .ok()
+        .and_then(|t| mlmesh_protocol::Topic::new(t).ok());
+    let Some(topic) = topic else {
+        bump(&inner.counters.frames_rejected, 1);
+        tracing::debug!("event message dropped: its topic frame is not a valid topic");
+        return 0;
+    };
+    let envelopes = match inner.codec.decode_event_frame(&topic, body) {
         Ok(e) => e,
         Err(e) => {
             bump(&inner.counters.frames_rejected, 1);
@@ -123,10 +133,6 @@ fn receive(
             bump(&inner.counters.frames_rejected, 1);
             continue;
         };
-        if topic_frame != env.topic.as_str().as_bytes() {
-            bump(&inner.counters.frames_rejected, 1);
-            continue;
-        }
         if env.topic.as_str() == sys::HEARTBEAT {
             if let Ok(hb) = from_payload::<Heartbeat>(&env.data) {
                 live.set_interval(hb.interval_ms);
