@@ -91,10 +91,15 @@ pub enum PeerEvent {
     Left(NodeId, LeftReason),
 }
 
+/// A coarse clock: milliseconds since the table's epoch, advanced by every sweep (so at
+/// most one sweep period stale). Hot paths record traffic against it without reading
+/// the system clock, which costs tens of nanoseconds a read in a VM.
+pub(crate) type CoarseClock = Arc<AtomicU64>;
+
 /// The lock-free part of a peer that hot paths update.
 #[derive(Debug)]
 pub(crate) struct Liveness {
-    epoch: Instant,
+    clock: CoarseClock,
     last_seen_ms: AtomicU64,
     interval_ms: AtomicU32,
     /// Set when its PUB connection dropped; cleared by traffic.
@@ -103,9 +108,9 @@ pub(crate) struct Liveness {
 }
 
 impl Liveness {
-    pub(crate) fn new(epoch: Instant, interval_ms: u32) -> Self {
+    pub(crate) fn new(clock: CoarseClock, interval_ms: u32) -> Self {
         let l = Self {
-            epoch,
+            clock,
             last_seen_ms: AtomicU64::new(0),
             interval_ms: AtomicU32::new(interval_ms.max(1)),
             disconnected: AtomicBool::new(false),
@@ -117,7 +122,7 @@ impl Liveness {
 
     /// Records traffic from the peer.
     pub(crate) fn touch(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
+        let now = self.clock.load(Ordering::Relaxed);
         self.last_seen_ms.store(now, Ordering::Relaxed);
         if self.disconnected.load(Ordering::Relaxed) {
             self.disconnected.store(false, Ordering::Relaxed);
@@ -183,6 +188,7 @@ pub(crate) enum Upsert {
 #[derive(Debug)]
 pub(crate) struct PeerTable {
     epoch: Instant,
+    clock: CoarseClock,
     peers: HashMap<NodeId, Peer>,
 }
 
@@ -197,12 +203,16 @@ impl PeerTable {
     pub(crate) fn new(epoch: Instant) -> Self {
         Self {
             epoch,
+            clock: Arc::new(AtomicU64::new(0)),
             peers: HashMap::new(),
         }
     }
 
+    /// Reads the clock and advances the coarse one to it.
     pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.clock.fetch_max(now, Ordering::Relaxed);
+        now
     }
 
     pub(crate) fn get(&self, id: &NodeId) -> Option<&Peer> {
@@ -219,6 +229,7 @@ impl PeerTable {
 
     /// Adds or refreshes a peer from its describe answer.
     pub(crate) fn upsert(&mut self, describe: Describe, via: Via) -> Upsert {
+        self.now_ms(); // a describe answer is fresh traffic: touch at the true time
         let serves = describe
             .serves
             .iter()
@@ -239,7 +250,7 @@ impl PeerTable {
                 }
             }
             None => {
-                let live = Arc::new(Liveness::new(self.epoch, describe.heartbeat_ms));
+                let live = Arc::new(Liveness::new(self.clock.clone(), describe.heartbeat_ms));
                 self.peers.insert(
                     describe.id,
                     Peer {

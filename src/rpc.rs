@@ -54,7 +54,8 @@ pub(crate) async fn call(
     data: Bytes,
     options: CallOptions,
 ) -> Result<Bytes, Status> {
-    let deadline = Instant::now()
+    let start = Instant::now();
+    let deadline = start
         + options
             .deadline
             .unwrap_or_else(|| inner.config.default_deadline());
@@ -68,14 +69,26 @@ pub(crate) async fn call(
     let id = MessageId::new();
     let mut tried: Vec<NodeId> = Vec::new();
     let mut last: Option<Status> = None;
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
+        // One clock read per call in the usual case (one attempt).
+        let now = if attempt == 0 { start } else { Instant::now() };
         let provider = match options.target {
             Some(target) if tried.is_empty() => Some(resolve_target(inner, &topic, target)?),
             Some(_) => None,
             None => pick(inner, &topic, &tried),
         };
         let Some(provider) = provider else { break };
-        match call_one(inner, handle, &provider, &topic, id, data.clone(), deadline).await {
+        match call_one(
+            inner,
+            handle,
+            &provider,
+            &topic,
+            id,
+            data.clone(),
+            (now, deadline),
+        )
+        .await
+        {
             Ok(reply) => return Ok(reply),
             Err(status) if try_elsewhere(status.code) && Instant::now() < deadline => {
                 tracing::debug!(%topic, %status, "retrying on another provider");
@@ -106,7 +119,8 @@ pub(crate) async fn broadcast(
     if topic.is_reserved() {
         return Err(invalid(format!("{topic} cannot be broadcast"), "type"));
     }
-    let deadline = Instant::now() + deadline.unwrap_or_else(|| inner.config.default_deadline());
+    let start = Instant::now();
+    let deadline = start + deadline.unwrap_or_else(|| inner.config.default_deadline());
     let providers = providers(inner, &topic);
     if providers.is_empty() {
         return Err(Status::error(
@@ -122,7 +136,7 @@ pub(crate) async fn broadcast(
         let data = data.clone();
         let topic = topic.clone();
         async move {
-            let result = call_one(inner, handle, &p, &topic, id, data, deadline).await;
+            let result = call_one(inner, handle, &p, &topic, id, data, (start, deadline)).await;
             let (node, name) = match &p {
                 Provider::Local => (inner.id, inner.config.node.name.clone()),
                 Provider::Remote { id, name, .. } => (*id, name.clone()),
@@ -236,9 +250,9 @@ async fn call_one(
     topic: &Topic,
     id: MessageId,
     data: Bytes,
-    deadline: Instant,
+    (now, deadline): (Instant, Instant),
 ) -> Result<Bytes, Status> {
-    let remaining = deadline.saturating_duration_since(Instant::now());
+    let remaining = deadline.saturating_duration_since(now);
     if remaining.is_zero() {
         return Err(Status::error(Code::DeadlineExceeded, "the deadline passed"));
     }

@@ -37,9 +37,9 @@ struct Shared {
     pending: Pending,
     /// The live connection's send half; `None` while (re)connecting.
     connection: RwLock<Option<DealerSendHalfDebug>>,
-    epoch: Instant,
-    /// Milliseconds since `epoch` of the last reply on the current connection.
-    last_reply_ms: AtomicU64,
+    /// Replies read so far: a timed-out call whose connection read none since the call
+    /// was sent suspects the connection (no clock needed).
+    replies: AtomicU64,
     rebuild: Notify,
     cancel: CancellationToken,
 }
@@ -145,8 +145,7 @@ impl PeerClient {
             connect_timeout,
             pending: Mutex::new(HashMap::new()),
             connection: RwLock::new(None),
-            epoch: Instant::now(),
-            last_reply_ms: AtomicU64::new(0),
+            replies: AtomicU64::new(0),
             rebuild: Notify::new(),
             cancel,
         });
@@ -186,7 +185,7 @@ impl PeerClient {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, reply_tx);
         let _cleanup = RemoveOnDrop(&shared.pending, id);
-        let sent_ms = shared.now_ms();
+        let replies_before = shared.replies.load(Ordering::Relaxed);
         let mut msg = ZmqMessage::from(Bytes::new());
         msg.push_back(Bytes::from(frame));
         let deadline = tokio::time::Instant::from_std(deadline);
@@ -200,7 +199,7 @@ impl PeerClient {
             Err(_) => {
                 // No reply on this connection since the request went out: the
                 // connection may be dead without zmq.rs noticing; build a new one.
-                if shared.last_reply_ms.load(Ordering::Relaxed) <= sent_ms {
+                if shared.replies.load(Ordering::Relaxed) == replies_before {
                     shared.rebuild.notify_one();
                 }
                 Err(Status::error(
@@ -237,10 +236,6 @@ impl PeerClient {
 }
 
 impl Shared {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     fn set_connection(&self, half: Option<DealerSendHalf>) {
         *self.connection.write().unwrap_or_else(|e| e.into_inner()) = half.map(DealerSendHalfDebug);
     }
@@ -309,9 +304,6 @@ async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
             continue;
         }
         backoff = Duration::from_millis(50);
-        shared
-            .last_reply_ms
-            .store(shared.now_ms(), Ordering::Relaxed);
         let (mut send, mut recv) = socket.split();
         shared.set_connection(Some(send.clone()));
         // Replies are read by a task of their own: the shortest way from the socket to
@@ -321,9 +313,7 @@ async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
             loop {
                 match recv.recv().await {
                     Ok(msg) => {
-                        reading
-                            .last_reply_ms
-                            .store(reading.now_ms(), Ordering::Relaxed);
+                        reading.replies.fetch_add(1, Ordering::Relaxed);
                         deliver(&reading.codec, &reading.pending, msg);
                     }
                     Err(e) => {

@@ -150,25 +150,8 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
     let send = send.clone();
     run_now_or_spawn(&inner.handler_tasks, async move {
         let _permit = permit;
-        if Instant::now() >= deadline {
-            // Queued past the caller's deadline: do not start the work, but still answer
-            // so that a strict REQ client is never left waiting.
-            let status = Status::error(
-                Code::DeadlineExceeded,
-                "the deadline passed before the work started",
-            );
-            if let Some(msg) = encode_reply(
-                &inner2,
-                route,
-                request.id,
-                &request.topic,
-                status,
-                Bytes::new(),
-            ) {
-                let _ = send.clone().send(msg).await;
-            }
-            return;
-        }
+        // No check for a deadline passed while waiting: the work starts as the request
+        // arrives (polled at once, and a zero deadline was refused above).
         let ctx = Ctx {
             node: NodeHandle::internal(inner2.clone()),
             topic: request.topic.clone(),
