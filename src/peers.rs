@@ -146,6 +146,8 @@ impl Liveness {
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub(crate) describe: Describe,
+    /// Name and rpc endpoint again, shared, so that routing a call copies no strings.
+    pub(crate) route: (Arc<str>, Arc<str>),
     pub(crate) serves: HashSet<Topic>,
     pub(crate) state: PeerState,
     pub(crate) via: Via,
@@ -242,6 +244,10 @@ impl PeerTable {
                 let old =
                     std::mem::replace(&mut peer.describe.endpoints, describe.endpoints.clone());
                 peer.serves = serves;
+                peer.route = (
+                    Arc::from(describe.name.as_str()),
+                    Arc::from(describe.endpoints.rpc.as_str()),
+                );
                 peer.describe = describe;
                 if old != peer.describe.endpoints {
                     Upsert::Moved(old)
@@ -254,6 +260,10 @@ impl PeerTable {
                 self.peers.insert(
                     describe.id,
                     Peer {
+                        route: (
+                            Arc::from(describe.name.as_str()),
+                            Arc::from(describe.endpoints.rpc.as_str()),
+                        ),
                         describe,
                         serves,
                         state: PeerState::Alive,
@@ -307,18 +317,17 @@ impl PeerTable {
     }
 
     /// Alive peers serving `topic`, with their liveness handles.
-    pub(crate) fn providers(&self, topic: &Topic) -> Vec<(NodeId, String, String, Arc<Liveness>)> {
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn providers(
+        &self,
+        topic: &Topic,
+    ) -> Vec<(NodeId, Arc<str>, Arc<str>, Arc<Liveness>)> {
         self.peers
             .values()
             .filter(|p| p.state == PeerState::Alive && p.serves.contains(topic))
             .map(|p| {
                 let d = &p.describe;
-                (
-                    d.id,
-                    d.name.clone(),
-                    d.endpoints.rpc.clone(),
-                    p.live.clone(),
-                )
+                (d.id, p.route.0.clone(), p.route.1.clone(), p.live.clone())
             })
             .collect()
     }

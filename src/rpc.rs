@@ -23,8 +23,8 @@ enum Provider {
     Local,
     Remote {
         id: NodeId,
-        name: String,
-        endpoint: String,
+        name: Arc<str>,
+        endpoint: Arc<str>,
         live: Arc<Liveness>,
     },
 }
@@ -139,7 +139,7 @@ pub(crate) async fn broadcast(
             let result = call_one(inner, handle, &p, &topic, id, data, (start, deadline)).await;
             let (node, name) = match &p {
                 Provider::Local => (inner.id, inner.config.node.name.clone()),
-                Provider::Remote { id, name, .. } => (*id, name.clone()),
+                Provider::Remote { id, name, .. } => (*id, name.to_string()),
             };
             Ack { node, name, result }
         }
@@ -182,8 +182,8 @@ fn resolve_target(inner: &Inner, topic: &Topic, target: NodeId) -> Result<Provid
     })?;
     Ok(Provider::Remote {
         id: target,
-        name: peer.describe.name.clone(),
-        endpoint: peer.describe.endpoints.rpc.clone(),
+        name: peer.route.0.clone(),
+        endpoint: peer.route.1.clone(),
         live: peer.live.clone(),
     })
 }

@@ -95,8 +95,8 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
             );
         }
     };
-    if let Some(live) = inner.peers().liveness(&request.source) {
-        live.touch();
+    if let Some(peer) = inner.peers().get(&request.source) {
+        peer.live.touch();
     }
     let received = Instant::now();
     let Body::Request { deadline_ms } = request.body else {
