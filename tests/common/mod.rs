@@ -88,32 +88,11 @@ impl ChildNode {
     /// for its ready line.
     pub fn spawn(env: &[(&str, String)], args: &[&str]) -> ChildNode {
         let mut cmd = Command::new(node_bin());
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .stdin(Stdio::null());
+        cmd.args(args).stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("mlmesh-node starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(WAIT)
-            .expect("mlmesh-node printed its ready line");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
-        let field = |k: &str| v[k].as_str().expect("ready line field").to_owned();
-        ChildNode {
-            child,
-            id: field("id").parse().expect("node id"),
-            rpc: field("rpc"),
-            publish: field("pub"),
-        }
+        Self::start(cmd)
     }
 
     /// A child on loopback with mDNS off, seeded by `seed`, in `mesh`.
