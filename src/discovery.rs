@@ -9,8 +9,7 @@
 pub(crate) mod mdns;
 mod seeds;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,12 +30,6 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<(), BuildError> {
         inner.tasks.spawn(seeds::run(inner.clone()));
     }
     Ok(())
-}
-
-/// Endpoints with a describe call under way (one at a time per endpoint).
-fn describing() -> &'static Mutex<HashSet<(NodeId, String)>> {
-    static SET: OnceLock<Mutex<HashSet<(NodeId, String)>>> = OnceLock::new();
-    SET.get_or_init(Default::default)
 }
 
 /// Describes the node at `endpoint` and, if it answers from this mesh, puts it in the
@@ -60,21 +53,23 @@ pub(crate) fn consider(
             return;
         }
     }
-    let key = (inner.id, endpoint.clone());
-    if !describing()
+    // One describe at a time per endpoint.
+    if !inner
+        .describing
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(key.clone())
+        .insert(endpoint.clone())
     {
         return;
     }
     let inner = inner.clone();
     inner.clone().tasks.spawn(async move {
         let result = describe(&inner, &endpoint).await;
-        describing()
+        inner
+            .describing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+            .remove(&endpoint);
         match result {
             Ok(d) => admit(&inner, &endpoint, d, via),
             Err(why) => {

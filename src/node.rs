@@ -227,6 +227,8 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     pub(crate) handler_tasks: TaskTracker,
     pub(crate) sub_tasks: Mutex<HashMap<NodeId, CancellationToken>>,
+    /// Endpoints with a `sys.describe` call under way.
+    pub(crate) describing: Mutex<std::collections::HashSet<String>>,
     pub(crate) mdns: Mutex<Option<discovery::mdns::Mdns>>,
     /// The applications' guard, so that handles made inside the node share it.
     guard: std::sync::OnceLock<std::sync::Weak<Guard>>,
@@ -572,6 +574,7 @@ impl NodeBuilder {
             tasks: TaskTracker::new(),
             handler_tasks: TaskTracker::new(),
             sub_tasks: Mutex::new(HashMap::new()),
+            describing: Mutex::default(),
             mdns: Mutex::new(None),
             guard: std::sync::OnceLock::new(),
             config,
