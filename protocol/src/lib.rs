@@ -10,6 +10,7 @@
 //! - [`envelope`]: the [`Envelope`] every message travels in, with [`MessageId`] and [`NodeId`].
 //! - [`codec`]: MessagePack encoding with a size limit; typed [`DecodeError`]s.
 //! - [`sys`]: payloads of the runtime's reserved `sys.*` topics.
+//! - [`tracking`]: `tracking/1`, the experiment tracker's names and payloads, with [`ids`].
 //!
 //! ```
 //! use mlmesh_protocol::{Codec, Envelope, NodeId, Topic};
@@ -23,9 +24,11 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod ids;
 pub mod name;
 pub mod status;
 pub mod sys;
+pub mod tracking;
 
 pub use codec::{
     check_payload, encode_batch, from_payload, is_batch, to_payload, Codec, DecodeError,
