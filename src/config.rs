@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use mlmesh_protocol::NodeId;
 
+/// The empty section of a node without one of its own.
+#[derive(Default, Serialize, Deserialize)]
+struct NoSection {}
+
 /// A configuration that cannot be used, naming the field at fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -206,8 +210,22 @@ impl Config {
     /// Loads defaults, then `file` (if given), then `MLMESH_*` environment variables,
     /// and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Ok(Self::load_with::<NoSection>(file, "")?.0)
+    }
+
+    /// As [`Config::load`], for a node with a section of its own (a tracker's `[store]`):
+    /// the same file and environment (`MLMESH_<SECTION>__FIELD`) fill both, with
+    /// `E::default()` under them. `E` checks its own values after loading.
+    pub fn load_with<E>(file: Option<&Path>, section: &str) -> Result<(Self, E), ConfigError>
+    where
+        E: Default + Serialize + serde::de::DeserializeOwned,
+    {
         let mut builder =
             config::Config::builder().add_source(config::Config::try_from(&Config::default())?);
+        if !section.is_empty() {
+            let defaults = config::Config::try_from(&E::default())?;
+            builder = builder.set_default(section, defaults.cache)?;
+        }
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -230,9 +248,15 @@ impl Config {
                 .with_list_parse_key("discovery.mdns_interfaces")
                 .try_parsing(true),
         );
-        let cfg: Config = builder.build()?.try_deserialize()?;
+        let mut table: config::Map<String, config::Value> = builder.build()?.try_deserialize()?;
+        let extra = match table.remove(section) {
+            Some(v) if !section.is_empty() => v.try_deserialize()?,
+            _ => E::default(),
+        };
+        let cfg: Config =
+            config::Value::new(None, config::ValueKind::Table(table)).try_deserialize()?;
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, extra))
     }
 
     /// Parses TOML text over the defaults (no environment), and validates it.

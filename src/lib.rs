@@ -15,6 +15,7 @@
 //!   ROUTER server with bounded concurrency, a DEALER client per peer.
 //! - `rpc`: routing (least outstanding), deadlines, retries, broadcast.
 //! - `events`: pattern subscriptions, bounded streams and sequence-gap counting.
+//! - [`clients`]: typed clients of the standard families (`tracking/1`, `registry/1`).
 //!
 //! ## Example
 //! ```no_run
@@ -36,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod clients;
 pub mod config;
 mod discovery;
 mod events;
@@ -55,7 +57,7 @@ pub use node::{
 pub use peers::{LeftReason, PeerEvent, PeerInfo, PeerState, Via};
 
 pub use mlmesh_protocol as protocol;
-pub use mlmesh_protocol::{Code, NodeId, Status, Topic};
+pub use mlmesh_protocol::{Code, MessageId, NodeId, Status, Topic};
 
 /// The README's examples, compiled as doctests so that they stay true.
 #[doc = include_str!("../README.md")]

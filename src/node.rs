@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use mlmesh_protocol::sys::{self, Describe, Endpoints, Heartbeat, PeerRecord, Served};
 use mlmesh_protocol::{
-    from_payload, to_payload, Codec, EncodeError, Envelope, NameError, NodeId, Pattern, Status,
-    Topic, PROTOCOL_VERSION,
+    from_payload, to_payload, Codec, EncodeError, Envelope, MessageId, NameError, NodeId, Pattern,
+    Status, Topic, PROTOCOL_VERSION,
 };
 
 use crate::config::{Config, ConfigError, Overflow};
@@ -130,6 +130,10 @@ pub struct CallOptions {
     pub deadline: Option<Duration>,
     /// Send to this node only (no routing, no retry elsewhere).
     pub target: Option<NodeId>,
+    /// The request id; a new one when unset. A caller that repeats an instruction after
+    /// an unclear outcome (a deadline, a lost connection) reuses the id, so that a
+    /// provider that keeps replies (SPEC 9.4) answers it once.
+    pub id: Option<MessageId>,
 }
 
 impl CallOptions {
@@ -142,6 +146,12 @@ impl CallOptions {
     /// Sends to one node.
     pub fn to(mut self, node: NodeId) -> Self {
         self.target = Some(node);
+        self
+    }
+
+    /// Uses this request id (to repeat an instruction idempotently).
+    pub fn id(mut self, id: MessageId) -> Self {
+        self.id = Some(id);
         self
     }
 }

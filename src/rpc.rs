@@ -66,7 +66,7 @@ pub(crate) async fn call(
         ));
     }
     let _slot = acquire_slot(inner, deadline).await?;
-    let id = MessageId::new();
+    let id = options.id.unwrap_or_default();
     let mut tried: Vec<NodeId> = Vec::new();
     let mut last: Option<Status> = None;
     for attempt in 0..MAX_ATTEMPTS {
