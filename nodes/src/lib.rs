@@ -9,5 +9,11 @@
 //! an embedded store, then adapters that put existing tools behind the same names. Until
 //! then, `mlmesh-node` in the root crate runs a plain node (a seed or a probe).
 
+pub mod filter;
+pub mod host;
+mod serve;
+pub mod store;
+pub mod tracker;
+
 pub use mlmesh;
 pub use mlmesh_protocol as protocol;

@@ -1,0 +1,140 @@
+//! Instruction handlers over a [`Store`]: decode, check, run in the store, publish the
+//! op's events once committed, reply. Every standard node serves its names this way.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rusqlite::Connection;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use mlmesh::protocol::{from_payload, to_payload, NodeId, Status};
+use mlmesh::{Ctx, NodeBuilder};
+
+use crate::store::{self, Done, Store};
+
+/// What a write op knows of the instruction it serves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    /// The calling node.
+    pub(crate) source: NodeId,
+    /// This node.
+    pub(crate) node: NodeId,
+    /// The time the instruction arrived, Unix milliseconds.
+    pub(crate) now_ms: u64,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Status> {
+    to_payload(value)
+        .map(Bytes::from)
+        .map_err(|e| e.to_status())
+}
+
+impl Done {
+    /// A reply of `value`.
+    pub(crate) fn reply<T: Serialize + ?Sized>(value: &T) -> Result<Self, Status> {
+        Ok(Self {
+            reply: encode(value)?,
+            events: Vec::new(),
+        })
+    }
+
+    /// Adds an event to publish once the op is committed.
+    pub(crate) fn event<T: Serialize + ?Sized>(
+        mut self,
+        topic: &'static str,
+        payload: &T,
+    ) -> Result<Self, Status> {
+        self.events.push((topic, encode(payload)?));
+        Ok(self)
+    }
+}
+
+/// Serves `topic` with a write: `op` runs in the store's group commit with the decoded
+/// payload; a retry of the same request (same id and source) gets the stored reply.
+pub(crate) fn write<T, F>(
+    builder: NodeBuilder,
+    topic: &str,
+    store: &Arc<Store>,
+    op: F,
+) -> NodeBuilder
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(&Connection, T, Meta) -> Result<Done, Status> + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
+    let store = store.clone();
+    builder.handle_raw(topic, move |data: Bytes, ctx: Ctx| {
+        let op = op.clone();
+        let store = store.clone();
+        async move {
+            let req: T = from_payload(&data).map_err(|e| e.to_status())?;
+            let meta = Meta {
+                source: ctx.source(),
+                node: ctx.node().id(),
+                now_ms: now_ms(),
+            };
+            let key = store::key(ctx.request_id(), ctx.source());
+            let done = store
+                .write(Some(key), Box::new(move |c| op(c, req, meta)))
+                .await?;
+            for (topic, data) in done.events {
+                // The write is committed; an event that cannot be queued is counted by
+                // the runtime as dropped, and the instruction still succeeded.
+                let _ = ctx.node().publish_raw(topic, data).await;
+            }
+            Ok(done.reply)
+        }
+    })
+}
+
+/// Serves `topic` with a read on a snapshot of what is committed.
+pub(crate) fn read<T, R, F>(
+    builder: NodeBuilder,
+    topic: &str,
+    store: &Arc<Store>,
+    query: F,
+) -> NodeBuilder
+where
+    T: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(&Connection, T) -> Result<R, Status> + Send + Sync + 'static,
+{
+    read_as(builder, topic, store, move |c, req, _node| query(c, req))
+}
+
+/// As [`read`], for a query that needs this node's id.
+pub(crate) fn read_as<T, R, F>(
+    builder: NodeBuilder,
+    topic: &str,
+    store: &Arc<Store>,
+    query: F,
+) -> NodeBuilder
+where
+    T: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(&Connection, T, NodeId) -> Result<R, Status> + Send + Sync + 'static,
+{
+    let query = Arc::new(query);
+    let store = store.clone();
+    builder.handle_raw(topic, move |data: Bytes, ctx: Ctx| {
+        let query = query.clone();
+        let store = store.clone();
+        async move {
+            let req: T = from_payload(&data).map_err(|e| e.to_status())?;
+            let node = ctx.node().id();
+            let out = store.read(move |c| query(c, req, node)).await?;
+            encode(&out)
+        }
+    })
+}

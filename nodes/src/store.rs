@@ -1,0 +1,462 @@
+//! The embedded SQLite store a node owns: one writer with group commit, idempotent
+//! instructions, and readers on their own connections.
+//!
+//! - **One owner.** The data directory is locked (`LOCK`) for the life of the store, so
+//!   no other process writes it, and every write in the process goes through one
+//!   connection: there is no "database is locked" to see.
+//! - **Group commit.** A write is queued; whichever caller finds the writer free
+//!   becomes the leader and runs everything queued, each op in its own savepoint, in one
+//!   transaction with one commit. Alone, a write commits at once on the caller's thread
+//!   (no thread hop); under load, hundreds share a commit.
+//! - **Acknowledged means committed.** An op's result reaches its caller only after the
+//!   commit; if the commit fails, every op of the batch fails with UNAVAILABLE.
+//! - **Idempotent.** An op may carry a key (the request's id and source). Its reply is
+//!   stored in the same transaction as its effects; the same key again gets that reply
+//!   back and writes nothing. Keys are kept for `request_retention_s`.
+//! - **Durability.** WAL, `synchronous = NORMAL` by default: a commit survives `kill -9`
+//!   of the node, and a power loss or OS crash can lose the last commits (never corrupt
+//!   the file). `durability = "full"` syncs every commit: then nothing acknowledged is
+//!   lost even to a power loss, at the cost of an fsync per group of commits.
+
+use std::fs::File;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use mlmesh::protocol::{Code, MessageId, NodeId, Status};
+
+/// How much an acknowledged write survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Survives a crash of the node (`kill -9`); a power loss may lose the last commits.
+    #[default]
+    Normal,
+    /// Survives a power loss too: every commit is synced to disk.
+    Full,
+}
+
+/// `[store]`: where and how a node keeps its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// The data directory (created if missing). One node owns it at a time.
+    pub data_dir: PathBuf,
+    /// `normal` (survives `kill -9`) or `full` (survives a power loss too).
+    pub durability: Durability,
+    /// How long a request's reply is kept to answer a retry of it, in seconds.
+    pub request_retention_s: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("mlmesh-data"),
+            durability: Durability::Normal,
+            request_retention_s: 24 * 3600,
+        }
+    }
+}
+
+/// Why a store cannot open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data directory cannot be created or locked.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// SQLite refused.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file was written by a newer schema.
+    #[error("{path}: schema version {found}, this build knows up to {known}")]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i64,
+        /// This build's.
+        known: i64,
+    },
+}
+
+/// What a write op produced: the reply payload and the events to publish once committed.
+#[derive(Debug, Default)]
+pub(crate) struct Done {
+    pub(crate) reply: Bytes,
+    pub(crate) events: Vec<(&'static str, Bytes)>,
+}
+
+/// A write: runs inside the batch's transaction, in its own savepoint. An error rolls
+/// back everything the op did and nothing else.
+pub(crate) type Op = Box<dyn FnOnce(&Connection) -> Result<Done, Status> + Send>;
+
+/// The idempotency key of an instruction: its id, then its source.
+pub(crate) type Key = [u8; 32];
+
+/// The key of a request.
+pub(crate) fn key(id: MessageId, source: NodeId) -> Key {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(id.as_bytes());
+    k[16..].copy_from_slice(source.as_bytes());
+    k
+}
+
+struct Pending {
+    key: Option<Key>,
+    op: Op,
+    done: oneshot::Sender<Result<Done, Status>>,
+}
+
+struct Writer {
+    conn: Connection,
+    commits: u64,
+    retention_ms: u64,
+}
+
+/// A SQLite database in a data directory, owned by this process.
+pub(crate) struct Store {
+    queue: Mutex<Vec<Pending>>,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// The table of stored replies, part of every schema.
+const REQUESTS: &str = "CREATE TABLE IF NOT EXISTS requests(
+    key BLOB PRIMARY KEY, reply BLOB NOT NULL) WITHOUT ROWID;";
+
+/// Prune stored replies every this many commits.
+const PRUNE_EVERY: u64 = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic inside an op is caught before it can poison; recover regardless.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
+    Status::error(Code::Internal, format!("store: {e}"))
+}
+
+impl Store {
+    /// Opens (or creates) `<data_dir>/<file>` with `schema` (a script of `CREATE ...
+    /// IF NOT EXISTS` statements) at version `version`.
+    pub(crate) fn open(
+        section: &StoreSection,
+        file: &str,
+        schema: &str,
+        version: i64,
+    ) -> Result<Self, StoreError> {
+        let dir = &section.data_dir;
+        let dir_err = |reason: String| StoreError::DataDir {
+            path: dir.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| dir_err(e.to_string()))?;
+        let lock_path = dir.join(format!("{file}.lock"));
+        let lock_file = File::create(&lock_path).map_err(|e| dir_err(e.to_string()))?;
+        lock_file.try_lock().map_err(|_| {
+            dir_err(format!(
+                "{} is held by another process (one node owns a store)",
+                lock_path.display()
+            ))
+        })?;
+        let path = dir.join(file);
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match section.durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "cache_size", -32_000)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > version {
+            return Err(StoreError::Schema {
+                path,
+                found,
+                known: version,
+            });
+        }
+        conn.execute_batch(&format!("BEGIN; {REQUESTS} {schema} COMMIT;"))?;
+        conn.pragma_update(None, "user_version", version)?;
+        Ok(Self {
+            queue: Mutex::new(Vec::new()),
+            writer: Mutex::new(Writer {
+                conn,
+                commits: 0,
+                retention_ms: section.request_retention_s.saturating_mul(1000),
+            }),
+            readers: Mutex::new(Vec::new()),
+            path,
+            _lock: lock_file,
+        })
+    }
+
+    /// The database file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `op` in the next group commit and returns its result once committed. With a
+    /// `key` seen before, returns the stored reply and runs nothing.
+    pub(crate) async fn write(&self, key: Option<Key>, op: Op) -> Result<Done, Status> {
+        let (done, rx) = oneshot::channel();
+        lock(&self.queue).push(Pending { key, op, done });
+        self.lead();
+        rx.await
+            .map_err(|_| Status::error(Code::Internal, "store: the write was dropped"))?
+    }
+
+    /// Runs `f` on a read connection (a snapshot of what is committed), off the async
+    /// threads.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, Status>
+    where
+        F: FnOnce(&Connection) -> Result<T, Status> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = match lock(&self.readers).pop() {
+            Some(c) => c,
+            None => self.open_reader().map_err(internal)?,
+        };
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&conn);
+            (conn, out)
+        })
+        .await
+        .map_err(|_| Status::error(Code::Internal, "store: a read panicked"))?;
+        let mut readers = lock(&self.readers);
+        if readers.len() < 8 {
+            readers.push(conn);
+        }
+        out
+    }
+
+    fn open_reader(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "cache_size", -16_000)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    /// Runs queued writes until the queue is empty, unless another caller already is.
+    /// A caller that queues while a leader works is served by that leader: the leader
+    /// looks at the queue again after it lets go of the writer.
+    fn lead(&self) {
+        loop {
+            let Ok(mut writer) = self.writer.try_lock().or_else(|e| match e {
+                std::sync::TryLockError::Poisoned(p) => Ok(p.into_inner()),
+                std::sync::TryLockError::WouldBlock => Err(()),
+            }) else {
+                return;
+            };
+            loop {
+                let batch = std::mem::take(&mut *lock(&self.queue));
+                if batch.is_empty() {
+                    break;
+                }
+                writer.run(batch);
+            }
+            drop(writer);
+            if lock(&self.queue).is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+impl Writer {
+    fn run(&mut self, batch: Vec<Pending>) {
+        let mut results = Vec::with_capacity(batch.len());
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let status = unavailable(&e);
+            for p in batch {
+                let _ = p.done.send(Err(status.clone()));
+            }
+            return;
+        }
+        for p in batch {
+            let result = self.apply(p.key, p.op);
+            results.push((p.done, result));
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            let status = unavailable(&e);
+            for (done, _) in results {
+                let _ = done.send(Err(status.clone()));
+            }
+            return;
+        }
+        for (done, result) in results {
+            let _ = done.send(result);
+        }
+        self.commits += 1;
+        if self.commits.is_multiple_of(PRUNE_EVERY) {
+            self.prune();
+        }
+    }
+
+    fn apply(&mut self, key: Option<Key>, op: Op) -> Result<Done, Status> {
+        let conn = &self.conn;
+        if let Some(key) = &key {
+            let seen: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT reply FROM requests WHERE key = ?1")
+                .and_then(|mut st| st.query_row([&key[..]], |r| r.get(0)).optional())
+                .map_err(internal)?;
+            if let Some(reply) = seen {
+                return Ok(Done {
+                    reply: Bytes::from(reply),
+                    events: Vec::new(),
+                });
+            }
+        }
+        conn.execute_batch("SAVEPOINT op").map_err(internal)?;
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| op(conn)))
+            .unwrap_or_else(|_| Err(Status::error(Code::Internal, "store: an op panicked")));
+        let result = result.and_then(|done| {
+            if let Some(key) = &key {
+                conn.prepare_cached("INSERT INTO requests(key, reply) VALUES (?1, ?2)")
+                    .and_then(|mut st| st.execute(params![&key[..], &done.reply[..]]))
+                    .map_err(internal)?;
+            }
+            Ok(done)
+        });
+        let end = if result.is_ok() {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        };
+        conn.execute_batch(end).map_err(internal)?;
+        result
+    }
+
+    /// Forgets replies older than the retention. Keys start with a UUIDv7 request id, so
+    /// "older than" is a range of the primary key.
+    fn prune(&mut self) {
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let cutoff = now_ms.saturating_sub(self.retention_ms);
+        // The 48-bit millisecond timestamp of a UUIDv7, then zeros.
+        let mut bound = [0u8; 6];
+        bound.copy_from_slice(&cutoff.to_be_bytes()[2..]);
+        if let Err(e) = self
+            .conn
+            .execute("DELETE FROM requests WHERE key < ?1", [&bound[..]])
+        {
+            tracing::warn!(error = %e, "pruning stored replies failed");
+        }
+    }
+}
+
+fn unavailable(e: &rusqlite::Error) -> Status {
+    Status::error(
+        Code::Unavailable,
+        format!("store: the commit failed ({e}); nothing of this request was written"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Store {
+        let section = StoreSection {
+            data_dir: dir.to_path_buf(),
+            ..StoreSection::default()
+        };
+        Store::open(
+            &section,
+            "t.db",
+            "CREATE TABLE IF NOT EXISTS t(v INTEGER);",
+            1,
+        )
+        .unwrap()
+    }
+
+    fn insert(v: i64, fail: bool) -> Op {
+        Box::new(move |c: &Connection| {
+            c.execute("INSERT INTO t(v) VALUES (?1)", [v])
+                .map_err(internal)?;
+            if fail {
+                return Err(Status::error(Code::InvalidArgument, "no"));
+            }
+            Ok(Done {
+                reply: Bytes::from(v.to_string()),
+                events: Vec::new(),
+            })
+        })
+    }
+
+    fn count(store: &Store) -> i64 {
+        lock(&store.writer)
+            .conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_ops_roll_back_alone_and_keys_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(open(dir.path()));
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.write(None, insert(i, i % 2 == 1)).await
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 100);
+        assert_eq!(count(&store), 100);
+
+        let k = key(MessageId::new(), NodeId::new());
+        let first = store.write(Some(k), insert(7, false)).await.unwrap();
+        let again = store.write(Some(k), insert(8, false)).await.unwrap();
+        assert_eq!(first.reply, again.reply);
+        assert_eq!(count(&store), 101);
+    }
+
+    #[test]
+    fn a_second_owner_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path());
+        let section = StoreSection {
+            data_dir: dir.path().to_path_buf(),
+            ..StoreSection::default()
+        };
+        let err = Store::open(&section, "t.db", "", 1).unwrap_err();
+        assert!(err.to_string().contains("another process"), "{err}");
+    }
+}
