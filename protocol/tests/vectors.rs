@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use mlmesh_protocol::sys::{Describe, Endpoints, Heartbeat, PeerRecord, Pong, Served};
+use mlmesh_protocol::tracking::{self, ExperimentId, LogBatch, RunId, RunInfo, RunStatus};
 use mlmesh_protocol::{
     encode_batch, from_payload, is_batch, to_payload, Body, Code, Codec, Envelope, MessageId,
     NodeId, Status, Topic, PROTOCOL_VERSION,
@@ -39,6 +40,8 @@ const CHECKED: &[&str] = &[
     "reject_bad_topic",
     "reject_duplicate_key",
     "reject_truncated",
+    "tracking_log_batch",
+    "tracking_run_info",
 ];
 
 // The fixed inputs of SPEC.md section 14.1. All ids are UUIDv7 whose 48-bit time field is
@@ -617,4 +620,77 @@ fn annotated_event_adds_up_to_the_event_vector() {
         hex::encode(&event.bytes),
         hex::encode(&vector("event").bytes)
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Part II: the families' payloads (SPEC.md 15.10, 16.x)
+
+const RUN: &str = "018fd11894057000800000000000000c";
+const EXPERIMENT: &str = "018fd11894057000800000000000000d";
+
+fn log_batch() -> LogBatch {
+    LogBatch {
+        run: RunId::parse(RUN).expect("run id"),
+        params: vec![tracking::Param {
+            key: "lr".into(),
+            value: "0.01".into(),
+        }],
+        metrics: vec![
+            tracking::Metric {
+                key: "loss".into(),
+                value: 0.5,
+                timestamp: T0_MS,
+                step: 3,
+            },
+            tracking::Metric {
+                key: "loss".into(),
+                value: f64::NAN,
+                timestamp: T0_MS + 1,
+                step: 4,
+            },
+        ],
+        tags: vec![],
+        inputs: vec![],
+    }
+}
+
+fn run_info() -> RunInfo {
+    RunInfo {
+        id: RunId::parse(RUN).expect("run id"),
+        experiment_id: ExperimentId::parse(EXPERIMENT).expect("experiment id"),
+        name: "baseline".into(),
+        status: RunStatus::Running,
+        start_ms: T0_MS,
+        end_ms: None,
+        owner: NodeId::from_slice(&NODE_B.to_be_bytes()).expect("node id"),
+        tracker: NodeId::from_slice(&NODE_A.to_be_bytes()).expect("node id"),
+        parent: None,
+        artifact_uri: format!("file:///srv/mlmesh/artifacts/{EXPERIMENT}/{RUN}/artifacts"),
+    }
+}
+
+#[test]
+fn tracking_payloads_encode_to_the_vectors_and_back() {
+    let b = log_batch();
+    let bytes = assert_vector("tracking_log_batch", &to_payload(&b).expect("batch"));
+    let back: LogBatch = from_payload(&bytes).expect("batch decodes");
+    assert_eq!(back.params, b.params);
+    assert_eq!(back.metrics[0], b.metrics[0]);
+    assert!(back.metrics[1].value.is_nan(), "NaN survives as a float64");
+    let v = read_one(&bytes);
+    assert_eq!(keys(&v), ["run", "params", "metrics"]);
+    let metrics = get(&v, "metrics").as_array().expect("metrics is an array");
+    assert_eq!(keys(&metrics[0]), ["key", "value", "timestamp", "step"]);
+    assert!(matches!(get(&metrics[1], "value"), Value::F64(x) if x.is_nan()));
+
+    let info = run_info();
+    let bytes = assert_vector("tracking_run_info", &to_payload(&info).expect("info"));
+    assert_eq!(from_payload::<RunInfo>(&bytes).expect("info decodes"), info);
+    let v = read_one(&bytes);
+    assert_eq!(
+        keys(&v),
+        ["id", "experiment_id", "name", "status", "start_ms", "owner", "tracker", "artifact_uri"]
+    );
+    assert!(is_bin16(get(&v, "owner")));
+    assert_eq!(get(&v, "status").as_str(), Some("RUNNING"));
 }
