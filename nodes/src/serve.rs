@@ -11,6 +11,7 @@ use serde::Serialize;
 use mlmesh::protocol::{from_payload, to_payload, NodeId, Status};
 use mlmesh::{Ctx, NodeBuilder};
 
+pub(crate) use crate::store::now_ms;
 use crate::store::{self, Done, Store};
 
 /// What a write op knows of the instruction it serves.
@@ -22,16 +23,6 @@ pub(crate) struct Meta {
     pub(crate) node: NodeId,
     /// The time the instruction arrived, Unix milliseconds.
     pub(crate) now_ms: u64,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
 }
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Status> {

@@ -141,7 +141,8 @@ impl std::fmt::Debug for Store {
 
 /// The table of stored replies, part of every schema.
 const REQUESTS: &str = "CREATE TABLE IF NOT EXISTS requests(
-    key BLOB PRIMARY KEY, reply BLOB NOT NULL) WITHOUT ROWID;";
+    key BLOB PRIMARY KEY, at_ms INTEGER NOT NULL, reply BLOB NOT NULL) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS requests_by_age ON requests(at_ms);";
 
 /// Prune stored replies every this many commits.
 const PRUNE_EVERY: u64 = 4096;
@@ -337,8 +338,10 @@ impl Writer {
             .unwrap_or_else(|_| Err(Status::error(Code::Internal, "store: an op panicked")));
         let result = result.and_then(|done| {
             if let Some(key) = &key {
-                conn.prepare_cached("INSERT INTO requests(key, reply) VALUES (?1, ?2)")
-                    .and_then(|mut st| st.execute(params![&key[..], &done.reply[..]]))
+                conn.prepare_cached("INSERT INTO requests(key, at_ms, reply) VALUES (?1, ?2, ?3)")
+                    .and_then(|mut st| {
+                        st.execute(params![&key[..], now_ms() as i64, &done.reply[..]])
+                    })
                     .map_err(internal)?;
             }
             Ok(done)
@@ -352,27 +355,28 @@ impl Writer {
         result
     }
 
-    /// Forgets replies older than the retention. Keys start with a UUIDv7 request id, so
-    /// "older than" is a range of the primary key.
+    /// Forgets replies older than the retention (request ids are opaque: any 16 bytes,
+    /// so age is the time the reply was stored).
     fn prune(&mut self) {
-        let now_ms = u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(u64::MAX);
-        let cutoff = now_ms.saturating_sub(self.retention_ms);
-        // The 48-bit millisecond timestamp of a UUIDv7, then zeros.
-        let mut bound = [0u8; 6];
-        bound.copy_from_slice(&cutoff.to_be_bytes()[2..]);
+        let cutoff = now_ms().saturating_sub(self.retention_ms);
         if let Err(e) = self
             .conn
-            .execute("DELETE FROM requests WHERE key < ?1", [&bound[..]])
+            .execute("DELETE FROM requests WHERE at_ms < ?1", [cutoff as i64])
         {
             tracing::warn!(error = %e, "pruning stored replies failed");
         }
     }
+}
+
+/// Now, Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
 }
 
 fn unavailable(e: &rusqlite::Error) -> Status {
@@ -446,6 +450,28 @@ mod tests {
         let again = store.write(Some(k), insert(8, false)).await.unwrap();
         assert_eq!(first.reply, again.reply);
         assert_eq!(count(&store), 101);
+    }
+
+    #[tokio::test]
+    async fn stored_replies_are_pruned_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // A random (not time-ordered) request id, as any client may send.
+        let k = [7u8; 32];
+        store.write(Some(k), insert(1, false)).await.unwrap();
+        let stored = |s: &Store| -> i64 {
+            lock(&s.writer)
+                .conn
+                .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(stored(&store), 1);
+        lock(&store.writer).prune();
+        assert_eq!(stored(&store), 1, "younger than the retention");
+        lock(&store.writer).retention_ms = 0;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        lock(&store.writer).prune();
+        assert_eq!(stored(&store), 0);
     }
 
     #[test]
