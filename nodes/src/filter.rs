@@ -632,6 +632,65 @@ fn check_value(ident: &Ident, value: &Value) -> Result<(), String> {
     }
 }
 
+// ---- LIKE patterns in SQLite (shared by the tracker's and the registry's searches) ----
+
+/// A `LIKE` pattern: `%` any run, `_` any character, `\` quotes the next character.
+enum Piece {
+    Any,
+    One,
+    Lit(char),
+}
+
+fn pieces(pattern: &str) -> Vec<Piece> {
+    let mut out = Vec::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        out.push(match c {
+            '%' => Piece::Any,
+            '_' => Piece::One,
+            // A trailing backslash quotes nothing: it is itself.
+            '\\' => Piece::Lit(chars.next().unwrap_or('\\')),
+            c => Piece::Lit(c),
+        });
+    }
+    out
+}
+
+/// The SQLite `GLOB` pattern (case-sensitive, for `LIKE`) (case-sensitive) matching what the `LIKE` pattern matches.
+pub(crate) fn like_to_glob(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    for piece in pieces(pattern) {
+        match piece {
+            Piece::Any => out.push('*'),
+            Piece::One => out.push('?'),
+            Piece::Lit(c @ ('*' | '?' | '[')) => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            Piece::Lit(c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// The SQLite `LIKE ... ESCAPE '\'` pattern (ASCII case-insensitive, for `ILIKE`), normalised (a trailing `\` escaped).
+pub(crate) fn like_to_like(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    for piece in pieces(pattern) {
+        match piece {
+            Piece::Any => out.push('%'),
+            Piece::One => out.push('_'),
+            Piece::Lit(c @ ('%' | '_' | '\\')) => {
+                out.push('\\');
+                out.push(c);
+            }
+            Piece::Lit(c) => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,13 +4,17 @@
 //! ([`mlmesh::Node::builder`]): each is a library module with a thin binary around it,
 //! so that it can be launched on a host or embedded in a service.
 //!
-//! None ships yet. The first ones arrive with the first standard name families
-//! (`tracking/1`, `registry/1`): an experiment tracker and a model registry, each with
-//! an embedded store, then adapters that put existing tools behind the same names. Until
-//! then, `mlmesh-node` in the root crate runs a plain node (a seed or a probe).
+//! ## Layout
+//! - [`tracker`]: the experiment tracker (`tracking/1`), binary `mlmesh-tracker`.
+//! - [`registry`]: the model registry (`registry/1`), binary `mlmesh-registry`.
+//! - [`store`]: the embedded SQLite store both own: group commit, idempotent replies,
+//!   durability settings (`[store]` in their config).
+//! - [`filter`]: MLflow's search filter language, shared by both searches.
+//! - [`host`]: what every node binary does around its node (logging, ready line, signals).
 
 pub mod filter;
 pub mod host;
+pub mod registry;
 mod serve;
 pub mod store;
 pub mod tracker;

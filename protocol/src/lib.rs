@@ -11,6 +11,7 @@
 //! - [`codec`]: MessagePack encoding with a size limit; typed [`DecodeError`]s.
 //! - [`sys`]: payloads of the runtime's reserved `sys.*` topics.
 //! - [`tracking`]: `tracking/1`, the experiment tracker's names and payloads, with [`ids`].
+//! - [`registry`]: `registry/1`, the model registry's names and payloads.
 //!
 //! ```
 //! use mlmesh_protocol::{Codec, Envelope, NodeId, Topic};
@@ -26,6 +27,7 @@ pub mod codec;
 pub mod envelope;
 pub mod ids;
 pub mod name;
+pub mod registry;
 pub mod status;
 pub mod sys;
 pub mod tracking;

@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use mlmesh_protocol::registry::{AliasAssign, Located, VersionStatus};
 use mlmesh_protocol::sys::{Describe, Endpoints, Heartbeat, PeerRecord, Pong, Served};
 use mlmesh_protocol::tracking::{self, ExperimentId, LogBatch, RunId, RunInfo, RunStatus};
 use mlmesh_protocol::{
@@ -42,6 +43,8 @@ const CHECKED: &[&str] = &[
     "reject_truncated",
     "tracking_log_batch",
     "tracking_run_info",
+    "registry_alias_assign",
+    "registry_located",
 ];
 
 // The fixed inputs of SPEC.md section 14.1. All ids are UUIDv7 whose 48-bit time field is
@@ -689,8 +692,53 @@ fn tracking_payloads_encode_to_the_vectors_and_back() {
     let v = read_one(&bytes);
     assert_eq!(
         keys(&v),
-        ["id", "experiment_id", "name", "status", "start_ms", "owner", "tracker", "artifact_uri"]
+        [
+            "id",
+            "experiment_id",
+            "name",
+            "status",
+            "start_ms",
+            "owner",
+            "tracker",
+            "artifact_uri"
+        ]
     );
     assert!(is_bin16(get(&v, "owner")));
     assert_eq!(get(&v, "status").as_str(), Some("RUNNING"));
+}
+
+#[test]
+fn registry_payloads_encode_to_the_vectors_and_back() {
+    let assign = AliasAssign {
+        name: "churn".into(),
+        alias: "champion".into(),
+        version: 3,
+    };
+    let bytes = assert_vector(
+        "registry_alias_assign",
+        &to_payload(&assign).expect("assign"),
+    );
+    assert_eq!(
+        from_payload::<AliasAssign>(&bytes).expect("assign decodes"),
+        assign
+    );
+    assert_eq!(keys(&read_one(&bytes)), ["name", "alias", "version"]);
+
+    let located = Located {
+        name: "churn".into(),
+        version: 3,
+        source: "file:///srv/models/churn/3/model.json".into(),
+        run_id: Some(RunId::parse(RUN).expect("run id")),
+        status: VersionStatus::Ready,
+        alias: Some("champion".into()),
+    };
+    let bytes = assert_vector("registry_located", &to_payload(&located).expect("located"));
+    assert_eq!(
+        from_payload::<Located>(&bytes).expect("located decodes"),
+        located
+    );
+    assert_eq!(
+        keys(&read_one(&bytes)),
+        ["name", "version", "source", "run_id", "status", "alias"]
+    );
 }

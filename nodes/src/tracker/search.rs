@@ -373,8 +373,11 @@ impl Builder {
                 let (sql, param) = match op {
                     Op::Eq => (format!("{column} = ?"), s.clone()),
                     Op::Ne => (format!("{column} != ?"), s.clone()),
-                    Op::Like => (format!("{column} GLOB ?"), to_glob(s)),
-                    Op::ILike => (format!("{column} LIKE ? ESCAPE '\\'"), to_like(s)),
+                    Op::Like => (format!("{column} GLOB ?"), crate::filter::like_to_glob(s)),
+                    Op::ILike => (
+                        format!("{column} LIKE ? ESCAPE '\\'"),
+                        crate::filter::like_to_like(s),
+                    ),
                     _ => return Err(unsupported(clause)),
                 };
                 self.params.push(Sql::Text(param));
@@ -479,63 +482,6 @@ fn check_statuses(clause: &Clause) -> Result<(), SearchError> {
             ))
         }
     }
-}
-
-/// A `LIKE` pattern: `%` any run, `_` any character, `\` quotes the next character.
-enum Piece {
-    Any,
-    One,
-    Lit(char),
-}
-
-fn pieces(pattern: &str) -> Vec<Piece> {
-    let mut out = Vec::with_capacity(pattern.len());
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        out.push(match c {
-            '%' => Piece::Any,
-            '_' => Piece::One,
-            // A trailing backslash quotes nothing: it is itself.
-            '\\' => Piece::Lit(chars.next().unwrap_or('\\')),
-            c => Piece::Lit(c),
-        });
-    }
-    out
-}
-
-/// The `GLOB` pattern (case-sensitive) matching what the `LIKE` pattern matches.
-fn to_glob(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len() + 8);
-    for piece in pieces(pattern) {
-        match piece {
-            Piece::Any => out.push('*'),
-            Piece::One => out.push('?'),
-            Piece::Lit(c @ ('*' | '?' | '[')) => {
-                out.push('[');
-                out.push(c);
-                out.push(']');
-            }
-            Piece::Lit(c) => out.push(c),
-        }
-    }
-    out
-}
-
-/// The `LIKE ... ESCAPE '\'` pattern, normalised (a trailing `\` escaped).
-fn to_like(pattern: &str) -> String {
-    let mut out = String::with_capacity(pattern.len() + 8);
-    for piece in pieces(pattern) {
-        match piece {
-            Piece::Any => out.push('%'),
-            Piece::One => out.push('_'),
-            Piece::Lit(c @ ('%' | '_' | '\\')) => {
-                out.push('\\');
-                out.push(c);
-            }
-            Piece::Lit(c) => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -673,8 +619,8 @@ INSERT INTO inputs VALUES (1, 'mnist', 'd1', 's', 'training'), (3, 'cifar', 'd2'
         assert_eq!(find(&db, "tags.note ILIKE '100\\%\\_%'"), "r5");
         assert_eq!(find(&db, "tags.note LIKE '1\\_%'"), "");
         assert_eq!(find(&db, "tags.note ILIKE '1\\_%'"), "");
-        assert_eq!(to_glob("a\\"), "a\\");
-        assert_eq!(to_like("a\\"), "a\\\\");
+        assert_eq!(crate::filter::like_to_glob("a\\"), "a\\");
+        assert_eq!(crate::filter::like_to_like("a\\"), "a\\\\");
     }
 
     #[test]
