@@ -156,12 +156,18 @@ impl Tracker {
     /// Watches the mesh for owners of RUNNING runs that leave it, and marks their runs
     /// CRASHED (publishing `tracking.run.ended`). Runs until the node shuts down.
     pub fn watch(&self, node: &NodeHandle) {
+        self.watch_with(node, ORPHAN_GRACE);
+    }
+
+    /// [`Tracker::watch`] with another grace period for the owners of runs found
+    /// RUNNING at start.
+    pub fn watch_with(&self, node: &NodeHandle, grace: Duration) {
         let tracker = self.clone();
         let node = node.clone();
         let mut events = node.watch_peers();
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let orphans = tokio::time::sleep(ORPHAN_GRACE);
+            let orphans = tokio::time::sleep(grace);
             tokio::pin!(orphans);
             let mut swept = false;
             loop {
@@ -171,7 +177,7 @@ impl Tracker {
                         Ok(_) => {}
                         Err(RecvError::Lagged(_)) => {
                             // Missed events: judge every owner against the table instead.
-                            if started.elapsed() >= ORPHAN_GRACE {
+                            if started.elapsed() >= grace {
                                 tracker.crash(&node, None).await;
                             }
                         }

@@ -2,6 +2,8 @@
 //! semantics and limits, atomic batches, idempotent retries, persistence across
 //! `kill -9`, concurrent writers, crashed runs, search, two trackers, and the logger.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::Duration;
@@ -234,7 +236,8 @@ async fn runs_params_metrics_tags_follow_mlflow_semantics() {
 async fn every_limit_is_invalid_argument_naming_the_item() {
     let m = mesh().await;
     let info = start(&m.tracking, "limits").await;
-    let cases: Vec<(Box<dyn Fn(&mut LogBatch)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut LogBatch)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|b| b.metrics = vec![metric("m", 1.0, 0, 0); 1001]),
             "metrics",
@@ -720,4 +723,75 @@ async fn acknowledged_data_survives_kill_9_and_the_logger_rides_out_a_restart() 
     );
     assert_eq!(got.info.status, RunStatus::Finished);
     assert_eq!(got.info.tracker, proc.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_tracker_crashes_runs_whose_owner_is_gone() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = {
+        let t = Tracker::open(&store_section(dir.path())).unwrap();
+        let tracker = t
+            .serve(Node::builder(local("tracker", &mesh)))
+            .spawn()
+            .await
+            .unwrap();
+        let owner = client_of(&tracker, &mesh).await;
+        let gone = Tracking::new(&owner)
+            .start_run("orphans", None)
+            .await
+            .unwrap();
+        let stays = Tracking::new(&owner)
+            .start_run("orphans", None)
+            .await
+            .unwrap();
+        let ids = (gone.info().id, stays.info().id);
+        // The tracker stops first: it never sees the owner leave.
+        tracker.shutdown().await;
+        owner.shutdown().await;
+        drop((gone, stays, t));
+        ids
+    };
+    // A second owner whose run must survive the restart: it is alive when the tracker
+    // comes back.
+    let t = within("the store to be free", WAIT, async {
+        loop {
+            match Tracker::open(&store_section(dir.path())) {
+                Ok(t) => return t,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    let tracker = t
+        .serve(Node::builder(local("tracker", &mesh)))
+        .spawn()
+        .await
+        .unwrap();
+    let mut sub = {
+        let watcher = client_of(&tracker, &mesh).await;
+        let tracking = Tracking::new(&watcher);
+        let alive = tracking.start_run("orphans", Some("alive")).await.unwrap();
+        let alive_id = alive.info().id;
+        std::mem::forget(alive);
+        let mut sub = watcher.subscribe("tracking.run.ended").unwrap();
+        sync_events(&tracker, &mut sub, "tracking.run.ended").await;
+        t.watch_with(&tracker, Duration::from_millis(300));
+        let mut crashed = std::collections::HashSet::new();
+        while crashed.len() < 2 {
+            let ended: tracking::RunInfo = next_event(&mut sub, tracking::RUN_ENDED)
+                .await
+                .decode()
+                .unwrap();
+            assert_eq!(ended.status, RunStatus::Crashed);
+            assert_ne!(ended.id, alive_id, "its owner is alive");
+            crashed.insert(ended.id);
+        }
+        assert_eq!(crashed, [first, second].into_iter().collect());
+        let got = tracking.get_run(alive_id).await.unwrap();
+        assert_eq!(got.info.status, RunStatus::Running);
+        sub
+    };
+    assert!(sub.try_recv().is_none());
 }
