@@ -268,8 +268,13 @@ fn moved(s: &Status) -> bool {
     matches!(s.code, Code::NoResponders | Code::NotFound)
 }
 
-/// The system tags a client sets at run start.
+/// The system tags a client sets at run start (read once per process).
 fn system_tags() -> Vec<(&'static str, String)> {
+    static TAGS: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+    TAGS.get_or_init(read_system_tags).clone()
+}
+
+fn read_system_tags() -> Vec<(&'static str, String)> {
     let mut tags = Vec::new();
     if let Some(program) = std::env::args().next() {
         let name = std::path::Path::new(&program)
