@@ -432,13 +432,7 @@ impl Writer {
 
 /// Now, Unix milliseconds.
 pub(crate) fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
+    mlmesh::protocol::now_nanos() / 1_000_000
 }
 
 /// Runs a statement without arguments through the statement cache: the transaction

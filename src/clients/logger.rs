@@ -159,13 +159,7 @@ impl std::fmt::Debug for Shared {
 }
 
 fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
+    mlmesh_protocol::now_nanos() / 1_000_000
 }
 
 /// Whether a batch that failed this way may still be applied if sent again. NOT_FOUND
