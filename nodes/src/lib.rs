@@ -11,7 +11,9 @@
 //!   durability settings (`[store]` in their config).
 //! - [`filter`]: MLflow's search filter language, shared by both searches.
 //! - [`host`]: what every node binary does around its node (logging, ready line, signals).
+//! - [`cli`]: the `mlmesh` command (nodes, describe, sub, pub, call, hz, doctor, run).
 
+pub mod cli;
 pub mod filter;
 pub mod host;
 pub mod registry;

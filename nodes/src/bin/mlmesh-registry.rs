@@ -8,15 +8,12 @@
 //! sections (`[node]`, `[network]`, ...) and `[store]` (`data_dir`, `durability`,
 //! `request_retention_s`). When ready it prints one JSON line:
 //! `{"id":..,"name":..,"pub":..,"rpc":..,"store":..}`. SIGTERM or Ctrl-C leaves the mesh
-//! gracefully.
+//! gracefully. `mlmesh run registry` does the same.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use mlmesh::{Config, Node};
-use mlmesh_nodes::host;
-use mlmesh_nodes::registry::Registry;
-use mlmesh_nodes::store::StoreSection;
+use mlmesh_nodes::host::{self, NodeKind};
 
 /// The mlmesh model registry.
 #[derive(Parser)]
@@ -31,11 +28,6 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     host::init_tracing();
     let args = Args::parse();
-    let (config, store) = Config::load_with::<StoreSection>(args.config.as_deref(), "store")?;
-    let registry = Registry::open(&store)?;
-    let node = registry.serve(Node::builder(config)).spawn().await?;
-    host::print_ready(&node, registry.store_path())?;
-    host::wait_for_signal().await?;
-    node.shutdown().await;
+    host::run_node(NodeKind::Registry, args.config.as_deref()).await?;
     Ok(())
 }

@@ -8,15 +8,12 @@
 //! sections (`[node]`, `[network]`, ...) and `[store]` (`data_dir`, `durability`,
 //! `request_retention_s`). When ready it prints one JSON line:
 //! `{"id":..,"name":..,"pub":..,"rpc":..,"store":..}`. SIGTERM or Ctrl-C leaves the mesh
-//! gracefully.
+//! gracefully. `mlmesh run tracker` does the same.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use mlmesh::{Config, Node};
-use mlmesh_nodes::host;
-use mlmesh_nodes::store::StoreSection;
-use mlmesh_nodes::tracker::Tracker;
+use mlmesh_nodes::host::{self, NodeKind};
 
 /// The mlmesh experiment tracker.
 #[derive(Parser)]
@@ -31,12 +28,6 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     host::init_tracing();
     let args = Args::parse();
-    let (config, store) = Config::load_with::<StoreSection>(args.config.as_deref(), "store")?;
-    let tracker = Tracker::open(&store)?;
-    let node = tracker.serve(Node::builder(config)).spawn().await?;
-    tracker.watch(&node);
-    host::print_ready(&node, tracker.store_path())?;
-    host::wait_for_signal().await?;
-    node.shutdown().await;
+    host::run_node(NodeKind::Tracker, args.config.as_deref()).await?;
     Ok(())
 }
