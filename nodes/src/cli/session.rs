@@ -138,7 +138,7 @@ impl Session {
             let now = Instant::now();
             if (pending.is_empty() && !peers.is_empty()) || now >= self.deadline() {
                 // Their SUB sockets connect and subscribe just after they list us.
-                tokio::time::sleep(Duration::from_millis(150)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 return peers.len();
             }
             let left = self.deadline() - now;
