@@ -382,28 +382,89 @@ async fn send_loop(client: Tracking, run: RunInfo, shared: Arc<Shared>) {
     }
 }
 
-/// Sends one batch until it is acknowledged, refused for good, or given up on.
-async fn send(client: &Tracking, batch: LogBatch, shared: &Shared) {
+/// Sends one batch until it is acknowledged, refused for good, or given up on. A batch
+/// refused because of one item (INVALID_ARGUMENT naming `params[3].value`, say) is sent
+/// again without that item, under a new id: one bad param does not cost the metrics
+/// logged beside it. The item is reported.
+async fn send(client: &Tracking, mut batch: LogBatch, shared: &Shared) {
+    // Each round takes one item out, so this ends.
+    loop {
+        match send_once(client, &batch, shared).await {
+            Ok(()) => return,
+            Err(status) => match take_item(&mut batch, &status) {
+                Some(item) => {
+                    tracing::warn!(%status, "a logged item was refused; sending the rest of its batch");
+                    report(shared, item, status);
+                }
+                None => {
+                    tracing::warn!(%status, "a log batch could not be acknowledged");
+                    report(shared, batch, status);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// One batch under one id, repeated while the outcome may still change.
+async fn send_once(client: &Tracking, batch: &LogBatch, shared: &Shared) -> Result<(), Status> {
     let id = MessageId::new();
     let give_up = Instant::now() + shared.options.give_up_after;
     let mut delay = Duration::from_millis(20);
-    let status = loop {
-        match client.log_with(&batch, CallOptions::default().id(id)).await {
+    loop {
+        match client.log_with(batch, CallOptions::default().id(id)).await {
             Ok(logged) => {
                 let mut buf = shared.lock();
                 buf.metrics_acknowledged += u64::from(logged.metrics + logged.duplicates);
                 buf.batches += 1;
-                return;
+                return Ok(());
             }
             Err(s) if worth_retrying(&s) && Instant::now() + delay < give_up => {
                 tracing::debug!(status = %s, "log batch not acknowledged yet; sending it again");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }
-            Err(s) => break s,
+            Err(s) => return Err(s),
         }
+    }
+}
+
+/// Takes out of `batch` the one item an INVALID_ARGUMENT names (`metrics[7].key`), as
+/// a batch of its own; `None` if the status names no item, or the batch would be empty.
+fn take_item(batch: &mut LogBatch, status: &Status) -> Option<LogBatch> {
+    if status.code != Code::InvalidArgument {
+        return None;
+    }
+    let field = status.field.as_deref()?;
+    let (list, rest) = field.split_once('[')?;
+    let index: usize = rest.split_once(']')?.0.parse().ok()?;
+    let mut item = LogBatch {
+        run: batch.run,
+        params: Vec::new(),
+        metrics: Vec::new(),
+        tags: Vec::new(),
+        inputs: Vec::new(),
     };
-    tracing::warn!(%status, "a log batch could not be acknowledged");
+    fn take<T>(from: &mut Vec<T>, to: &mut Vec<T>, i: usize) -> Option<()> {
+        (i < from.len()).then(|| to.push(from.remove(i)))
+    }
+    match list {
+        "params" => take(&mut batch.params, &mut item.params, index)?,
+        "metrics" => take(&mut batch.metrics, &mut item.metrics, index)?,
+        "tags" => take(&mut batch.tags, &mut item.tags, index)?,
+        "inputs" => take(&mut batch.inputs, &mut item.inputs, index)?,
+        _ => return None,
+    }
+    let left = batch.params.len() + batch.metrics.len() + batch.tags.len() + batch.inputs.len();
+    if left == 0 {
+        *batch = item;
+        return None;
+    }
+    Some(item)
+}
+
+/// Keeps (or counts) what could not be acknowledged.
+fn report(shared: &Shared, batch: LogBatch, status: Status) {
     let mut buf = shared.lock();
     let items = batch.params.len() + batch.metrics.len() + batch.tags.len() + batch.inputs.len();
     if buf.kept_items + items <= shared.options.keep_unacknowledged {
