@@ -11,7 +11,13 @@
 //! cargo run --example mesh              # runs the story and exits 0
 //! cargo run --example mesh -- --keep    # stays up afterwards (Ctrl-C to stop)
 //! cargo run --example mesh -- --seeds   # mDNS off: the nodes find each other through a seed
+//! cargo run --example mesh -- --mlflow http://127.0.0.1:5000   # MLflow serves tracking and registry
 //! ```
+//! With `--mlflow URL` one node, the MLflow adapter (`mlmesh-mlflow`), replaces the
+//! tracker and the registry, and the same story is logged into that MLflow server. Start
+//! it with a local artifact root, so that the trainer can write the model file where
+//! MLflow says the run's artifacts go: `mlflow server --backend-store-uri
+//! sqlite:///mlflow.db --default-artifact-root $PWD/mlartifacts --port 5000 --workers 1`.
 //! mDNS here uses only the loopback interface, so nothing leaves this host. The stores
 //! live in a temporary directory, removed at the end.
 
@@ -22,6 +28,7 @@ use mlmesh::clients::{Registry, Tracking};
 use mlmesh::protocol::registry::{self, VersionCreate};
 use mlmesh::protocol::tracking::{self, DatasetInput, LogBatch, Param, RunInfo, RunStatus};
 use mlmesh::{Config, Event, Node, NodeHandle, Subscription};
+use mlmesh_nodes::mlflow::{Mlflow, MlflowSection};
 use mlmesh_nodes::registry::Registry as RegistryNode;
 use mlmesh_nodes::store::StoreSection;
 use mlmesh_nodes::tracker::Tracker;
@@ -38,6 +45,7 @@ struct ModelFile {
 async fn main() -> anyhow::Result<()> {
     let keep = std::env::args().any(|a| a == "--keep");
     let seeds_only = std::env::args().any(|a| a == "--seeds");
+    let mlflow_url = std::env::args().skip_while(|a| a != "--mlflow").nth(1);
     let t0 = Instant::now();
     let say = |what: &str| println!("[{:>6.3}s] {what}", t0.elapsed().as_secs_f64());
 
@@ -67,20 +75,45 @@ async fn main() -> anyhow::Result<()> {
             "mDNS on loopback"
         }
     ));
-    let tracker_node = Tracker::open(&store("tracker"))?;
-    let tracker = tracker_node
-        .serve(Node::builder(config("tracker", &seed)))
-        .spawn()
-        .await
-        .context("starting the tracker")?;
-    tracker_node.watch(&tracker);
+    let (tracker, registry) = if let Some(url) = &mlflow_url {
+        // One adapter node serves both families, in front of MLflow.
+        let section = MlflowSection {
+            url: url.clone(),
+            data_dir: data.path().join("mlflow"),
+            ..MlflowSection::default()
+        };
+        let adapter = Mlflow::open(&section)?;
+        adapter.probe().await.context("MLflow at --mlflow")?;
+        let node = adapter
+            .serve(Node::builder(config("mlflow", &seed)))
+            .spawn()
+            .await
+            .context("starting the MLflow adapter")?;
+        adapter.watch(&node);
+        say(&format!(
+            "  tracker and registry: the MLflow adapter, in front of {url}"
+        ));
+        (node.clone(), node)
+    } else {
+        let tracker_node = Tracker::open(&store("tracker"))?;
+        let tracker = tracker_node
+            .serve(Node::builder(config("tracker", &seed)))
+            .spawn()
+            .await
+            .context("starting the tracker")?;
+        tracker_node.watch(&tracker);
+        let registry_node = RegistryNode::open(&store("registry"))?;
+        let registry = registry_node
+            .serve(Node::builder(config(
+                "registry",
+                &Some(tracker.endpoints().rpc.clone()),
+            )))
+            .spawn()
+            .await
+            .context("starting the registry")?;
+        (tracker, registry)
+    };
     seed = Some(tracker.endpoints().rpc.clone());
-    let registry_node = RegistryNode::open(&store("registry"))?;
-    let registry = registry_node
-        .serve(Node::builder(config("registry", &seed)))
-        .spawn()
-        .await
-        .context("starting the registry")?;
     let trainer = Node::builder(config("trainer", &seed))
         .role("trainer")
         .spawn()
@@ -94,7 +127,11 @@ async fn main() -> anyhow::Result<()> {
         .spawn()
         .await?;
     say(&format!("  stores in {}", data.path().display()));
-    wait_for_mesh(&[&tracker, &registry, &trainer, &deployer, &monitor], &say).await?;
+    let mut everyone = vec![&tracker, &trainer, &deployer, &monitor];
+    if mlflow_url.is_none() {
+        everyone.push(&registry); // else the tracker itself
+    }
+    wait_for_mesh(&everyone, &say).await?;
 
     say("monitor subscribes to `tracking.**` and `registry.**`; deployer to `registry.alias.*`");
     let mut watch_tracking = monitor.subscribe("tracking.**")?;
@@ -279,7 +316,12 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    for node in [trainer, deployer, monitor, registry, tracker] {
+    let mut nodes = vec![trainer, deployer, monitor];
+    if mlflow_url.is_none() {
+        nodes.push(registry);
+    }
+    nodes.push(tracker);
+    for node in nodes {
         node.shutdown().await;
     }
     say("done");
@@ -372,10 +414,16 @@ fn digest(rows: &[([f64; 4], f64)]) -> String {
 
 /// The local directory of a run's `file://` artifact URI.
 fn artifact_path(info: &RunInfo) -> anyhow::Result<std::path::PathBuf> {
+    // MLflow with a local artifact root gives a plain path.
     let dir = info
         .artifact_uri
         .strip_prefix("file://")
-        .context("the tracker gives file:// artifact URIs")?;
+        .or_else(|| {
+            info.artifact_uri
+                .starts_with('/')
+                .then_some(info.artifact_uri.as_str())
+        })
+        .context("the tracker gives local (file://) artifact URIs")?;
     Ok(dir.into())
 }
 

@@ -11,11 +11,14 @@
 //!   durability settings (`[store]` in their config).
 //! - [`filter`]: MLflow's search filter language, shared by both searches.
 //! - [`host`]: what every node binary does around its node (logging, ready line, signals).
+//! - [`mlflow`]: the MLflow adapter: `tracking/1` and `registry/1` served by an MLflow
+//!   tracking server, binary `mlmesh-mlflow`.
 //! - [`cli`]: the `mlmesh` command (nodes, describe, sub, pub, call, hz, doctor, run).
 
 pub mod cli;
 pub mod filter;
 pub mod host;
+pub mod mlflow;
 pub mod registry;
 mod serve;
 pub mod store;

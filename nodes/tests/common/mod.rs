@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use mlmesh::{Config, Node, NodeHandle, NodeId, PeerState};
 use mlmesh_nodes::store::StoreSection;
 
+mod backend;
+#[allow(unused_imports)] // not every test binary uses the backends
+pub use backend::*;
+
 /// Every wait in these tests ends by this much, at the latest, unless it says otherwise.
 pub const WAIT: Duration = Duration::from_secs(10);
 
