@@ -13,6 +13,7 @@ use mlmesh_nodes::store::StoreSection;
 mod backend;
 #[allow(unused_imports)] // not every test binary uses the backends
 pub use backend::*;
+pub mod hosts; // hosts as network namespaces on a bridge: the fault tests' harness
 
 /// Every wait in these tests ends by this much, at the latest, unless it says otherwise.
 pub const WAIT: Duration = Duration::from_secs(10);

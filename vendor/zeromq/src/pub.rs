@@ -138,16 +138,25 @@ impl PubSocketBackend {
             None => return,
         };
 
-        let mut iter = self.subscribers.begin_async().await;
-        while let Some(mut subscriber) = iter {
-            if subscription_matches(&subscriber.subscriptions, first_frame) {
-                send_to_subscriber(&mut subscriber.get_mut().send_queue, &message);
-            }
-            iter = subscriber.next_async().await;
-        }
+        // mlmesh patch: a bucket is locked only while its subscribers get the message,
+        // never across an await. Upstream walked the map with begin_async/next_async,
+        // holding a bucket across `next_async().await`; the subscribe and disconnect
+        // paths (`get_sync`, `remove_sync`) then waited for that bucket blocking their
+        // worker threads, and with every worker so blocked the suspended fan-out never
+        // ran again: the runtime deadlocked (PATCHES.md, 4).
+        self.subscribers
+            .iter_mut_async(|mut subscriber| {
+                if subscription_matches(&subscriber.subscriptions, first_frame) {
+                    send_to_subscriber(&mut subscriber.send_queue, &message);
+                }
+                true
+            })
+            .await;
     }
 
-    fn message_received(&self, peer_id: &PeerIdentity, message: Message) {
+    // mlmesh patch: async (`get_async`), like every map call on the PUB's own tasks; see
+    // `fanout_message` and PATCHES.md, 4.
+    async fn message_received(&self, peer_id: &PeerIdentity, message: Message) {
         let data = match message {
             Message::Message(m) => {
                 if m.len() != 1 {
@@ -166,14 +175,14 @@ impl PubSocketBackend {
         match data.first() {
             Some(1) => {
                 // Subscribe
-                if let Some(mut entry) = self.subscribers.get_sync(peer_id) {
+                if let Some(mut entry) = self.subscribers.get_async(peer_id).await {
                     entry.subscriptions.push(Vec::from(&data[1..]));
                 }
             }
             Some(0) => {
                 // Unsubscribe
                 let sub = Vec::from(&data[1..]);
-                if let Some(mut entry) = self.subscribers.get_sync(peer_id) {
+                if let Some(mut entry) = self.subscribers.get_async(peer_id).await {
                     if let Some(index) = entry.subscriptions.iter().position(|s| s == &sub) {
                         entry.subscriptions.remove(index);
                     }
@@ -240,7 +249,7 @@ impl MultiPeerBackend for PubSocketBackend {
                     writer_peer_id,
                     error
                 );
-                writer_backend.peer_disconnected(&writer_peer_id);
+                writer_backend.subscriber_gone(&writer_peer_id).await;
             }
         });
         let backend = self;
@@ -254,14 +263,14 @@ impl MultiPeerBackend for PubSocketBackend {
                      },
                      message = recv_queue.next().fuse() => {
                         match message {
-                            Some(Ok(m)) => backend.message_received(&peer_id, m),
+                            Some(Ok(m)) => backend.message_received(&peer_id, m).await,
                             Some(Err(e)) => {
                                 log::debug!("Error receiving message: {:?}", e);
-                                backend.peer_disconnected(&peer_id);
+                                backend.subscriber_gone(&peer_id).await;
                                 break;
                             }
                             None => {
-                                backend.peer_disconnected(&peer_id);
+                                backend.subscriber_gone(&peer_id).await;
                                 break
                             }
                         }
@@ -278,6 +287,22 @@ impl MultiPeerBackend for PubSocketBackend {
             let _ = monitor.try_send(SocketEvent::Disconnected(peer_id.clone()));
         }
         if self.subscribers.remove_sync(peer_id).is_some() {
+            self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl PubSocketBackend {
+    // mlmesh patch: `peer_disconnected` for the PUB's own tasks, with `remove_async`. A
+    // `_sync` map call parks its worker thread until the bucket is free; the bucket may be
+    // held (or handed over) by a task that is not running, and once every worker is
+    // parked so, nothing runs it: the runtime deadlocks (PATCHES.md, 4).
+    async fn subscriber_gone(&self, peer_id: &PeerIdentity) {
+        log::info!("Client disconnected {:?}", peer_id);
+        if let Some(monitor) = self.monitor().lock().as_mut() {
+            let _ = monitor.try_send(SocketEvent::Disconnected(peer_id.clone()));
+        }
+        if self.subscribers.remove_async(peer_id).await.is_some() {
             self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
         }
     }
