@@ -89,12 +89,6 @@ pub fn payloads(data: &[u8]) {
     let _ = mlmesh::protocol::check_payload(data);
 }
 
-/// Whether known findings fail the targets too (`MLMESH_FUZZ_STRICT=1`).
-fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var("MLMESH_FUZZ_STRICT").is_ok_and(|v| v == "1"))
-}
-
 /// The codec target (see the crate doc).
 pub fn codec(data: &[u8]) {
     let frame = Bytes::copy_from_slice(data);
@@ -113,10 +107,9 @@ pub fn codec(data: &[u8]) {
             Err(e) => assert!(!e.to_status().is_ok(), "a decode error maps to OK: {e}"),
         }
         match codec.decode_frame(&frame) {
-            // SPEC 5.2: a batch holds at least one envelope. The reference decoder takes
-            // an empty array as an empty batch (RELIABILITY.md, finding 6); checked
-            // only with MLMESH_FUZZ_STRICT=1 until that is fixed.
-            Ok(envs) => assert!(!envs.is_empty() || !strict(), "an empty batch decoded"),
+            // SPEC 5.2: a batch holds at least one envelope (RELIABILITY.md, finding 6,
+            // fixed).
+            Ok(envs) => assert!(!envs.is_empty(), "an empty batch decoded"),
             Err(e) => assert!(!e.to_status().is_ok(), "a decode error maps to OK: {e}"),
         }
     }

@@ -194,6 +194,9 @@ impl Codec {
         let count = r
             .attempt(Reader::array_len)
             .ok_or_else(|| malformed("the batch's array header is cut short"))?;
+        if count == 0 {
+            return Err(malformed("a batch holds at least one envelope (SPEC 5.2)"));
+        }
         // A valid envelope is well over 64 bytes, so a hostile count cannot reserve more
         // than the frame's size justifies.
         let mut envelopes = Vec::with_capacity(count.min(r.remaining() / 64));

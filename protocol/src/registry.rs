@@ -212,7 +212,7 @@ pub struct ModelPage {
 /// The state of a model version. Versions are registered READY unless the caller says
 /// otherwise (an upload still under way is PENDING_REGISTRATION).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE", try_from = "String")]
 pub enum VersionStatus {
     /// Registration under way (its files are not all there yet).
     PendingRegistration,
@@ -221,6 +221,20 @@ pub enum VersionStatus {
     /// Ready to serve.
     #[default]
     Ready,
+}
+
+impl TryFrom<String> for VersionStatus {
+    type Error = String;
+
+    /// Only the name: MessagePack decoders would otherwise take an integer for a variant's
+    /// index.
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| {
+            format!(
+                "`{s}` is not a version status (PENDING_REGISTRATION, FAILED_REGISTRATION, READY)"
+            )
+        })
+    }
 }
 
 impl VersionStatus {

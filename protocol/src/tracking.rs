@@ -124,7 +124,7 @@ pub struct Experiment {
 /// The lifecycle of a run. A run starts RUNNING and ends once; CRASHED is set by the
 /// tracker when the run's owner left the mesh without ending it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE", try_from = "String")]
 pub enum RunStatus {
     /// Started, not ended.
     Running,
@@ -166,6 +166,18 @@ impl RunStatus {
     /// Whether the run has ended.
     pub fn is_terminal(self) -> bool {
         self != Self::Running
+    }
+}
+
+impl TryFrom<String> for RunStatus {
+    type Error = String;
+
+    /// Only the name: MessagePack decoders would otherwise take an integer for a variant's
+    /// index (`status: 1` read as FINISHED).
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| {
+            format!("`{s}` is not a run status (RUNNING, FINISHED, FAILED, KILLED, CRASHED)")
+        })
     }
 }
 

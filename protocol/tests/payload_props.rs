@@ -876,7 +876,6 @@ fn nesting_far_past_the_limit_is_refused() {
 /// today** (RELIABILITY.md, finding 4): rmp-serde reads an integer as the index of a
 /// unit variant, so `status: 1` is taken for FINISHED (and `status: 0` for RUNNING).
 #[test]
-#[ignore = "fails: an integer is read as an enum's variant index (RELIABILITY.md)"]
 fn a_status_given_as_a_variant_number_is_refused() {
     let run = RunId::new();
     for n in 0..5u64 {

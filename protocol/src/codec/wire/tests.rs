@@ -317,8 +317,11 @@ fn a_batch_holds_envelope_maps() {
         c.decode_frame(&Bytes::from_static(b"\x93\x01\x02\x03")),
         Err(DecodeError::Malformed(_))
     ));
-    // An empty batch decodes to nothing, as it always has.
-    assert_eq!(c.decode_frame(&Bytes::from_static(b"\x90")), Ok(vec![]));
+    // A batch holds at least one envelope (SPEC 5.2).
+    assert!(matches!(
+        c.decode_frame(&Bytes::from_static(b"\x90")),
+        Err(DecodeError::Malformed(_))
+    ));
     // A hostile count is an error, not a huge allocation.
     assert!(c
         .decode_frame(&Bytes::from_static(b"\xdd\xff\xff\xff\xff\x80"))
