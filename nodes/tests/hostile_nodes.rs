@@ -727,7 +727,6 @@ fn zmtp_ready(endpoint: &str, socket_type: &str) -> std::net::TcpStream {
 /// more than about 20 000 values (with millisecond timestamps): the page is over the 1 MiB frame limit. A tracker
 /// should cut the page by size and give a `next_page_token`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the default metric history page is over the frame limit (RELIABILITY.md)"]
 async fn the_default_metric_history_page_fits_in_a_frame() {
     use mlmesh::protocol::tracking::{LogBatch, Metric, MetricPage, RunInfo, RunStart};
     let dir = tempfile::tempdir().unwrap();

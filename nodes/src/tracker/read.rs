@@ -20,6 +20,8 @@ type Result<T> = std::result::Result<T, Status>;
 /// Page sizes.
 const MAX_SEARCH_PAGE: u32 = 50_000;
 const MAX_HISTORY_PAGE: u32 = 25_000;
+/// The encoded values of one history page, at most.
+const HISTORY_PAGE_BYTES: usize = 768 * 1024;
 
 fn invalid(field: &str, message: String) -> Status {
     Status::error(Code::InvalidArgument, message).with_field(field)
@@ -290,9 +292,14 @@ fn check_page(max: u32, limit: u32) -> Result<()> {
 }
 
 /// `tracking.metric.history`: every value of one key, by step, then timestamp.
-pub(super) fn metric_history(c: &Connection, req: MetricHistory) -> Result<MetricPage> {
+pub(super) fn metric_history(c: &Connection, mut req: MetricHistory) -> Result<MetricPage> {
     check_page(req.max_results, MAX_HISTORY_PAGE)?;
     let offset = offset_of(&req.page_token)?;
+    // A page must fit in a reply under the default 1 MiB frame limit: a value encodes in
+    // at most 56 bytes plus its key, so pages are cut to 768 KiB of values (12,000 or so
+    // for a short key) whatever max_results says; the token carries on from there.
+    let fits = (HISTORY_PAGE_BYTES / (56 + req.key.len())).max(1);
+    req.max_results = req.max_results.min(u32::try_from(fits).unwrap_or(u32::MAX));
     if RunRow::of(c, &req.run)?.is_none() {
         return Err(Status::error(
             Code::NotFound,
