@@ -192,7 +192,13 @@ pub(crate) struct PeerTable {
     epoch: Instant,
     clock: CoarseClock,
     peers: HashMap<NodeId, Peer>,
+    /// When the last sweep ran, ms since the epoch.
+    last_sweep_ms: u64,
 }
+
+/// A sweep this late means this node was not running (stopped, suspended, starved): the
+/// silence of its peers over that time is its own, not theirs. Sweeps run every 5-50 ms.
+const STALL_MS: u64 = 250;
 
 /// What one liveness sweep found.
 #[derive(Debug, Default)]
@@ -207,6 +213,7 @@ impl PeerTable {
             epoch,
             clock: Arc::new(AtomicU64::new(0)),
             peers: HashMap::new(),
+            last_sweep_ms: 0,
         }
     }
 
@@ -284,6 +291,23 @@ impl PeerTable {
     /// Applies the liveness rules to every peer.
     pub(crate) fn sweep(&mut self) -> Sweep {
         let now = self.now_ms();
+        let gap = now.saturating_sub(self.last_sweep_ms);
+        self.last_sweep_ms = now;
+        if gap > STALL_MS {
+            // This node was away (a frozen or starved process): grant every peer the time
+            // it was away, so that it is judged on what it sent while this node listened.
+            // A peer that is really gone is still found, that much later.
+            let away = gap;
+            tracing::warn!(
+                away_ms = away,
+                "liveness sweep ran late; not counting that time against peers"
+            );
+            for peer in self.peers.values() {
+                let seen = &peer.live.last_seen_ms;
+                let shifted = seen.load(Ordering::Relaxed).saturating_add(away).min(now);
+                seen.fetch_max(shifted, Ordering::Relaxed);
+            }
+        }
         let mut out = Sweep::default();
         self.peers.retain(|id, peer| {
             let interval = u64::from(peer.live.interval_ms.load(Ordering::Relaxed));
@@ -382,6 +406,29 @@ mod tests {
         let sweep = t.sweep();
         assert_eq!(sweep.events[0], PeerEvent::Left(id, LeftReason::Expired));
         assert!(!t.contains(&id));
+    }
+
+    #[test]
+    fn time_this_node_was_away_does_not_count_against_peers() {
+        let mut t = PeerTable::new(Instant::now());
+        let id = NodeId::new();
+        t.upsert(describe(id, 10, 50), Via::Seed);
+        t.sweep();
+        // No sweep for 400 ms: this node was frozen; the peer's 150 ms of allowed
+        // silence is measured on the time it was listened to.
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(
+            t.sweep().events.is_empty(),
+            "a stall is not the peer's silence"
+        );
+        assert!(t.contains(&id));
+        // Listening again, the peer stays silent: it goes after its three intervals.
+        let start = Instant::now();
+        while t.contains(&id) {
+            assert!(start.elapsed() < Duration::from_secs(2), "never expired");
+            std::thread::sleep(Duration::from_millis(10));
+            t.sweep();
+        }
     }
 
     #[test]

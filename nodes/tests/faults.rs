@@ -1305,7 +1305,6 @@ fn frozen_nodes_are_dropped_and_come_back() {
 /// heartbeats finds, when it runs again, every peer silent for too long, drops them all
 /// and marks the RUNNING runs of its live owners CRASHED.
 #[test]
-#[ignore = "fails: a tracker thawed after a freeze crashes its live owners' runs (RELIABILITY.md)"]
 fn a_thawed_tracker_crashes_no_live_run() {
     const T: &str = "a_thawed_tracker_crashes_no_live_run";
     on_lan(T, 4, Discovery::Seeds, Duration::from_secs(90), |lab| {
