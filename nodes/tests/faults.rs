@@ -1301,9 +1301,9 @@ fn frozen_nodes_are_dropped_and_come_back() {
     });
 }
 
-/// **Fails today** (RELIABILITY.md, finding 3): a tracker frozen for more than three
-/// heartbeats finds, when it runs again, every peer silent for too long, drops them all
-/// and marks the RUNNING runs of its live owners CRASHED.
+/// RELIABILITY.md, finding 3 (fixed): a tracker frozen for more than three heartbeats
+/// used to find, when it ran again, every peer silent for too long, drop them all and
+/// mark the RUNNING runs of its live owners CRASHED.
 #[test]
 fn a_thawed_tracker_crashes_no_live_run() {
     const T: &str = "a_thawed_tracker_crashes_no_live_run";
