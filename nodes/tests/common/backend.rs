@@ -196,11 +196,23 @@ impl MlflowServer {
         let venv = mlflow_venv();
         let mlflow = venv.join("bin/mlflow");
         if !mlflow.exists() {
-            return Err(format!(
-                "MLflow is not installed: {} is missing. Run `.ci/mlflow-deps.sh` (it makes \
-                 the venv with the MLflow pinned in bench/mlflow/requirements.txt).",
-                mlflow.display()
-            ));
+            // As the interop tests do for pyzmq: make the venv on first use, so that
+            // `cargo test --workspace` works on a fresh machine (it needs PyPI once).
+            let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+            let installed = Command::new("bash")
+                .arg(format!("{root}/.ci/mlflow-deps.sh"))
+                .current_dir(root)
+                .env("MLMESH_MLFLOW_VENV", &venv)
+                .stdin(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !installed || !mlflow.exists() {
+                return Err(format!(
+                    "MLflow is not installed: {} is missing and `.ci/mlflow-deps.sh` could not \
+                     make it (it needs python3-venv and PyPI). Run it by hand to see why.",
+                    mlflow.display()
+                ));
+            }
         }
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("mlflow-server-{}", std::process::id()));
