@@ -14,6 +14,24 @@ use mlmesh::{Ctx, NodeBuilder};
 pub(crate) use crate::store::now_ms;
 use crate::store::{self, Done, Store};
 
+/// Most bytes of items in one page of a search: with the envelope around it, a page
+/// stays under the default 1 MiB message limit whatever `max_results` says.
+pub(crate) const PAGE_BYTES: usize = 768 * 1024;
+
+/// How many of `items`, from the first, fit in [`PAGE_BYTES`] encoded; at least one (an
+/// item over the limit alone is the runtime's TOO_LARGE, which names it).
+pub(crate) fn fitting<T: Serialize>(items: &[T]) -> usize {
+    let mut total = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        // An item that cannot be encoded fails the whole reply later, with its reason.
+        total = total.saturating_add(mlmesh::protocol::payload_len(item).unwrap_or(0));
+        if total > PAGE_BYTES {
+            return i.max(1);
+        }
+    }
+    items.len()
+}
+
 /// What a write op knows of the instruction it serves.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Meta {

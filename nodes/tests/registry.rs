@@ -80,3 +80,43 @@ async fn the_binary_keeps_models_and_aliases_across_kill_9() {
     client.shutdown().await;
     drop(second);
 }
+
+/// Models with long descriptions make pages larger than a message may be: a search cuts
+/// its pages by size, whatever `max_results` says, and the token carries on without
+/// losing or repeating a model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_pages_are_cut_to_the_message_size_limit() {
+    let m = behaviour::registry::Mesh::start(Backend::BuiltIn).await;
+    let n = 250; // 250 x 5,000 bytes of description: 1.25 MB
+    for i in 0..n {
+        let req = registry::ModelCreate {
+            name: format!("large-{i:03}"),
+            description: "d".repeat(registry::limits::MAX_DESCRIPTION_LENGTH),
+            ..registry::ModelCreate::default()
+        };
+        let _: registry::RegisteredModel = call(&m.client, registry::MODEL_CREATE, &req)
+            .await
+            .unwrap();
+    }
+    let mut req = registry::ModelSearch {
+        max_results: registry::limits::MAX_RESULTS,
+        ..registry::ModelSearch::default()
+    };
+    let (mut seen, mut pages) = (std::collections::BTreeSet::new(), 0);
+    loop {
+        let page: registry::ModelPage = call(&m.client, registry::MODEL_SEARCH, &req)
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(!page.models.is_empty() && page.models.len() < n, "{}", page.models.len());
+        for model in page.models {
+            assert!(seen.insert(model.name.clone()), "{} twice", model.name);
+        }
+        match page.next_page_token {
+            Some(token) => req.page_token = Some(token),
+            None => break,
+        }
+        assert!(pages <= n, "more pages than models");
+    }
+    assert_eq!(seen.len(), n);
+}

@@ -213,3 +213,52 @@ async fn a_restarted_tracker_crashes_runs_whose_owner_is_gone() {
     };
     assert!(sub.try_recv().is_none());
 }
+
+/// Runs with many long params make pages larger than a message may be: a search cuts its
+/// pages by size, whatever `max_results` says, and the token carries on without losing or
+/// repeating a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_pages_are_cut_to_the_message_size_limit() {
+    let m = behaviour::tracking::mesh(Backend::BuiltIn).await;
+    let t = &m.tracking;
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..5 {
+        let info = start(t, "large").await;
+        let mut b = batch(info.id);
+        // 100 params of 5,000 bytes: about 500 KB of params per run.
+        b.params = (0..tracking::limits::MAX_PARAMS_PER_BATCH)
+            .map(|k| tracking::Param {
+                key: format!("p{k}"),
+                value: format!("{i}").repeat(5_000),
+            })
+            .collect();
+        t.log(&b).await.unwrap();
+        ids.insert(info.id);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut req = RunSearch {
+        experiments: vec!["large".into()],
+        max_results: 1000,
+        ..RunSearch::default()
+    };
+    let mut pages = 0;
+    loop {
+        let page = t.search(&req).await.unwrap();
+        pages += 1;
+        assert!(
+            !page.runs.is_empty() && page.runs.len() < 2,
+            "two runs of 500 KB do not fit one page: {}",
+            page.runs.len()
+        );
+        for run in &page.runs {
+            assert_eq!(run.params.len(), 100);
+            assert!(seen.insert(run.info.id), "run {} twice", run.info.id);
+        }
+        match page.next_page_token {
+            Some(token) => req.page_token = Some(token),
+            None => break,
+        }
+        assert!(pages <= 5, "more pages than runs");
+    }
+    assert_eq!(seen, ids);
+}

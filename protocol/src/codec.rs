@@ -281,6 +281,26 @@ pub fn to_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeErr
     rmp_serde::to_vec_named(value).map_err(|e| EncodeError::Serialize(e.to_string()))
 }
 
+/// The length of `value` encoded as [`to_payload`] would encode it, without building it:
+/// what a node needs to cut a reply to its size limit.
+pub fn payload_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeError> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    value
+        .serialize(&mut rmp_serde::Serializer::new(&mut count).with_struct_map())
+        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    Ok(count.0)
+}
+
 /// Decodes a payload; an error names the offending field as a path (`a.b[2].c`),
 /// including a required field that is missing.
 pub fn from_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, DecodeError> {
@@ -516,6 +536,31 @@ mod strictness {
         for bad in [&b""[..], b"\x80\x80", b"\x92\x01", b"\xc1"] {
             let err = check_payload(bad).expect_err("not one value");
             assert!(matches!(err, DecodeError::Invalid { ref field, .. } if field == "data"));
+        }
+    }
+
+    #[test]
+    fn payload_len_is_the_encoded_length() {
+        #[derive(Serialize)]
+        struct Item {
+            name: String,
+            tags: Vec<(String, String)>,
+            value: f64,
+            raw: serde_bytes::ByteBuf,
+        }
+        for n in [0usize, 1, 31, 32, 300, 70_000] {
+            let item = Item {
+                name: "x".repeat(n),
+                tags: vec![("k".into(), "v".repeat(n / 2)); n % 7],
+                value: f64::NAN,
+                raw: serde_bytes::ByteBuf::from(vec![7u8; n]),
+            };
+            let encoded = to_payload(&item).expect("encodes");
+            assert_eq!(
+                payload_len(&item).expect("counts"),
+                encoded.len(),
+                "n = {n}"
+            );
         }
     }
 }

@@ -33,8 +33,8 @@ pub mod sys;
 pub mod tracking;
 
 pub use codec::{
-    check_payload, encode_batch, from_payload, is_batch, to_payload, Codec, DecodeError,
-    EncodeError, DEFAULT_MAX_MESSAGE_SIZE, MAX_DEPTH,
+    check_payload, encode_batch, from_payload, is_batch, payload_len, to_payload, Codec,
+    DecodeError, EncodeError, DEFAULT_MAX_MESSAGE_SIZE, MAX_DEPTH,
 };
 pub use envelope::{now_nanos, Body, Envelope, Kind, MessageId, NodeId, PROTOCOL_VERSION};
 pub use name::{NameError, Pattern, Topic};

@@ -320,6 +320,16 @@ fn offset(token: Option<&str>) -> Result<u64> {
     }
 }
 
+/// Ends a page where [`crate::serve::fitting`] says, and says the token that carries on
+/// from there. `start` is the page's offset.
+fn cut<T: serde::Serialize>(items: &mut Vec<T>, start: u64, next: &mut Option<String>) {
+    let fit = crate::serve::fitting(items);
+    if fit < items.len() {
+        items.truncate(fit);
+        *next = Some((start + fit as u64).to_string());
+    }
+}
+
 /// Runs `SELECT <columns> FROM <from> <tail> LIMIT ? OFFSET ?`, one more row than the
 /// page, and says the next page's token.
 fn page<T>(
@@ -372,6 +382,12 @@ pub(super) fn models(c: &Connection, req: &ModelSearch) -> Result<ModelPage> {
             models.push(m);
         }
     }
+    let mut next_page_token = next_page_token;
+    cut(
+        &mut models,
+        offset(req.page_token.as_deref())?,
+        &mut next_page_token,
+    );
     Ok(ModelPage {
         models,
         next_page_token,
@@ -402,6 +418,12 @@ pub(super) fn versions(c: &Connection, req: &VersionSearch) -> Result<VersionPag
             versions.push(v);
         }
     }
+    let mut next_page_token = next_page_token;
+    cut(
+        &mut versions,
+        offset(req.page_token.as_deref())?,
+        &mut next_page_token,
+    );
     Ok(VersionPage {
         versions,
         next_page_token,
