@@ -30,6 +30,10 @@
 //!    1,000 with case 1 so that both see the same conditions; calls/s, p50/p99, and
 //!    p50 / the empty round trip's p50. `log_metric_single_durability_full`: the same
 //!    on a `durability = "full"` store (an fsync per commit), 2,000 after 200.
+//!    `empty_request_rtt_separate` and `log_metric_single_separate`: cases 1 and 2 with
+//!    the tracker in a child process (this binary run again with `MLMESH_BENCH_SERVE`, a
+//!    2-worker runtime, as `mlmesh-tracker` runs here), the client alone in this one:
+//!    how a training job and a tracker are deployed.
 //! 3. `log_batch_1000`: `Tracking::log` of 1,000 metrics per call, 200 calls after 5;
 //!    `log_batch_1000_pipelined`: 4 tasks, each logging 50 such batches to its own run
 //!    (4 in flight); `logger_throughput`: one `RunLogger` fed 500,000 `log_metric` calls
@@ -68,6 +72,11 @@ const WORKERS: usize = 2;
 const WAIT: Duration = Duration::from_secs(10);
 /// The empty instruction served by the tracker node for case 1.
 const EMPTY: &str = "bench.empty";
+/// Set (to a mesh name) in the child process that serves the tracker of the
+/// separate-process cases.
+const SERVE_ENV: &str = "MLMESH_BENCH_SERVE";
+/// `normal` or `full`, for that child.
+const SERVE_DURABILITY_ENV: &str = "MLMESH_BENCH_SERVE_DURABILITY";
 /// Metric timestamps start here (Unix ms), as in `mlflow_bench.py`.
 const TS0: u64 = 1_700_000_000_000;
 /// Goals.
@@ -266,14 +275,17 @@ impl Report {
     fn goals(&self) -> Vec<String> {
         let met = |ok: bool| if ok { "met" } else { "NOT met" };
         let mut g = Vec::new();
-        if let Some(m) = self.get("log_metric_single") {
-            if let Some(r) = m
-                .extra
-                .get("p50_over_empty_rtt_p50")
+        for (case, empty) in [
+            ("log_metric_single", "empty_request_rtt"),
+            ("log_metric_single_separate", "empty_request_rtt_separate"),
+        ] {
+            if let Some(r) = self
+                .get(case)
+                .and_then(|m| m.extra.get("p50_over_empty_rtt_p50"))
                 .and_then(Value::as_f64)
             {
                 g.push(format!(
-                    "log_metric_single p50 / empty_request_rtt p50 <= {GOAL_SINGLE_RATIO}: {r:.2}x, {}",
+                    "{case} p50 / {empty} p50 <= {GOAL_SINGLE_RATIO}: {r:.2}x, {}",
                     met(r <= GOAL_SINGLE_RATIO)
                 ));
             }
@@ -370,6 +382,9 @@ impl Latency {
 }
 
 fn main() -> Result<()> {
+    if let Ok(mesh) = std::env::var(SERVE_ENV) {
+        return serve_child(mesh);
+    }
     let plan = Plan::from_env();
     let started = Instant::now();
     let mut report = Report {
@@ -415,6 +430,49 @@ fn main() -> Result<()> {
                 "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50",
                 single.p50, single.p99
             )),
+    );
+
+    // 1 and 2 again, with the tracker in its own process, as deployed.
+    eprintln!(
+        "empty_request_rtt + log_metric_single, tracker in a separate process: {} each",
+        plan.rtt
+    );
+    let p = plan.clone();
+    let (empty_sep, single_sep) = run_with("trk-sep", Durability::Normal, true, move |b| {
+        single_vs_empty(b, p)
+    })?;
+    report.push(
+        Measurement::new(
+            "empty_request_rtt_separate",
+            empty_sep.p50,
+            "us",
+            empty_sep.n,
+        )
+        .with("p99", round(empty_sep.p99, 1))
+        .with("mean", round(empty_sep.mean, 1))
+        .with("request", EMPTY)
+        .note(format!(
+            "p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
+            empty_sep.p50, empty_sep.p99, empty_sep.mean
+        )),
+    );
+    let ratio = single_sep.p50 / empty_sep.p50;
+    report.push(
+        Measurement::new(
+            "log_metric_single_separate",
+            single_sep.per_s(),
+            "calls/s",
+            single_sep.n,
+        )
+        .with("p50_us", round(single_sep.p50, 1))
+        .with("p99_us", round(single_sep.p99, 1))
+        .with("p50_over_empty_rtt_p50", round(ratio, 3))
+        .with("durability", "normal")
+        .with("seconds", round(single_sep.total.as_secs_f64(), 3))
+        .note(format!(
+            "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50",
+            single_sep.p50, single_sep.p99
+        )),
     );
 
     eprintln!("log_metric_single, durability full: {}", plan.full);
@@ -582,10 +640,19 @@ fn main() -> Result<()> {
 
 /// A tracker and a client node on loopback, the store in a temporary directory.
 struct Bench {
-    tracker: NodeHandle,
+    tracker: Server,
     client: NodeHandle,
     tracking: Tracking,
     _dir: tempfile::TempDir,
+}
+
+/// Where the tracker runs.
+enum Server {
+    /// In this process, on the same two workers as the client.
+    InProcess(NodeHandle),
+    /// In a child process: this bench binary, run again with [`SERVE_ENV`]. Closing its
+    /// stdin stops it.
+    Child(std::process::Child),
 }
 
 /// A mesh name no other run uses, so concurrent runs never join it.
@@ -593,38 +660,45 @@ fn unique_mesh() -> String {
     format!("bench{}", &NodeId::new().0.simple().to_string()[20..])
 }
 
-async fn setup(durability: Durability) -> Result<Bench> {
+async fn setup(durability: Durability, separate: bool) -> Result<Bench> {
     let mesh = unique_mesh();
     let dir = tempfile::tempdir().context("temporary directory")?;
-    let tracker = Tracker::open(&StoreSection {
-        data_dir: dir.path().to_path_buf(),
-        durability,
-        ..StoreSection::default()
-    })?;
-    let builder = Node::builder(Config::local("bench-tracker", &mesh))
-        .handle(EMPTY, |_: Empty, _ctx: Ctx| async {
-            Ok::<_, Status>(Empty {})
-        });
-    let node = tracker.serve(builder).spawn().await?;
-    tracker.watch(&node);
-    let mut c = Config::local("bench-client", &mesh);
-    c.discovery.seeds = vec![node.endpoints().rpc.clone()];
-    let client = Node::builder(c).spawn().await?;
-    let deadline = Instant::now() + WAIT;
-    while !client
-        .peers()
-        .iter()
-        .any(|p| p.id == node.id() && p.state == PeerState::Alive)
-    {
+    let (tracker, rpc) = if separate {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let durability = match durability {
+            Durability::Full => "full",
+            _ => "normal",
+        };
+        let mut child = Command::new(std::env::current_exe()?)
+            .env(SERVE_ENV, &mesh)
+            .env(SERVE_DURABILITY_ENV, durability)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the tracker process")?;
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let rpc = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
+        })
+        .await??;
         ensure!(
-            Instant::now() < deadline,
-            "the client did not see the tracker within {WAIT:?}"
+            rpc.starts_with("tcp://"),
+            "the tracker process printed {rpc:?}"
         );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+        (Server::Child(child), rpc.trim().to_owned())
+    } else {
+        let node = tracker_node(&mesh, durability, dir.path()).await?;
+        let rpc = node.endpoints().rpc.clone();
+        (Server::InProcess(node), rpc)
+    };
+    let client = client_node(&mesh, &rpc).await?;
     let tracking = Tracking::new(&client);
     Ok(Bench {
-        tracker: node,
+        tracker,
         client,
         tracking,
         _dir: dir,
@@ -634,13 +708,94 @@ async fn setup(durability: Durability) -> Result<Bench> {
 impl Bench {
     async fn shutdown(self) {
         self.client.shutdown().await;
-        self.tracker.shutdown().await;
+        match self.tracker {
+            Server::InProcess(node) => node.shutdown().await,
+            Server::Child(mut child) => {
+                drop(child.stdin.take());
+                let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            }
+        }
     }
+}
+
+/// The tracker node of every case, with the `bench.empty` handler of case 1.
+async fn tracker_node(
+    mesh: &str,
+    durability: Durability,
+    dir: &std::path::Path,
+) -> Result<NodeHandle> {
+    let tracker = Tracker::open(&StoreSection {
+        data_dir: dir.to_path_buf(),
+        durability,
+        ..StoreSection::default()
+    })?;
+    let builder = Node::builder(Config::local("bench-tracker", mesh))
+        .handle(EMPTY, |_: Empty, _ctx: Ctx| async {
+            Ok::<_, Status>(Empty {})
+        });
+    let node = tracker.serve(builder).spawn().await?;
+    tracker.watch(&node);
+    Ok(node)
+}
+
+/// A client node seeded with `rpc`, once it sees the node there alive.
+async fn client_node(mesh: &str, rpc: &str) -> Result<NodeHandle> {
+    let mut c = Config::local("bench-client", mesh);
+    c.discovery.seeds = vec![rpc.to_owned()];
+    let client = Node::builder(c).spawn().await?;
+    let deadline = Instant::now() + WAIT;
+    while !client
+        .peers()
+        .iter()
+        .any(|p| p.endpoints.rpc == rpc && p.state == PeerState::Alive)
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the client did not see the tracker within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(client)
+}
+
+/// The child side of [`Server::Child`]: a tracker in a 2-worker runtime (what
+/// `mlmesh-tracker` runs in on this machine), its rpc endpoint on stdout, until stdin closes.
+fn serve_child(mesh: String) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .thread_name("trk-child")
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().context("temporary directory")?;
+        let durability = match std::env::var(SERVE_DURABILITY_ENV).as_deref() {
+            Ok("full") => Durability::Full,
+            _ => Durability::Normal,
+        };
+        let node = tracker_node(&mesh, durability, dir.path()).await?;
+        println!("{}", node.endpoints().rpc);
+        std::io::stdout().flush()?;
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await??;
+        node.shutdown().await;
+        Ok(())
+    })
 }
 
 /// Runs `work` on a fresh tracker + client in a fresh 2-worker runtime whose threads are
 /// named `label` (`perf report --comm <label>`), then shuts everything down.
 fn run<T, F, Fut>(label: &str, durability: Durability, work: F) -> Result<T>
+where
+    F: FnOnce(Arc<Bench>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    run_with(label, durability, false, work)
+}
+
+/// As [`run`]; with `separate`, the tracker runs in a child process with its own two
+/// workers, as `mlmesh-tracker` would, and only the client runs here.
+fn run_with<T, F, Fut>(label: &str, durability: Durability, separate: bool, work: F) -> Result<T>
 where
     F: FnOnce(Arc<Bench>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T>> + Send + 'static,
@@ -653,7 +808,7 @@ where
         .build()?;
     let out = rt.block_on(async move {
         tokio::spawn(async move {
-            let bench = Arc::new(setup(durability).await?);
+            let bench = Arc::new(setup(durability, separate).await?);
             let out = work(bench.clone()).await;
             if let Ok(bench) = Arc::try_unwrap(bench) {
                 bench.shutdown().await;
