@@ -722,10 +722,10 @@ fn zmtp_ready(endpoint: &str, socket_type: &str) -> std::net::TcpStream {
     s
 }
 
-/// **Fails today** (RELIABILITY.md, finding 2): `tracking.metric.history` with the
-/// default page size (25 000 values, SPEC 15.3) answers TOO_LARGE once a key holds
-/// more than about 20 000 values (with millisecond timestamps): the page is over the 1 MiB frame limit. A tracker
-/// should cut the page by size and give a `next_page_token`.
+/// RELIABILITY.md, finding 2 (fixed): `tracking.metric.history` with the default page
+/// size (25 000 values, SPEC 15.3) answered TOO_LARGE once a key held more than about
+/// 20 000 values with millisecond timestamps (a 1.3 MB page against the 1 MiB frame
+/// limit), sent as raw MessagePack with `max_results` left out. Pages now end by size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_metric_history_page_fits_in_a_frame() {
     use mlmesh::protocol::tracking::{LogBatch, Metric, MetricPage, RunInfo, RunStart};

@@ -327,6 +327,21 @@ fn page_of<T>(
     Ok((items.into_iter().skip(start).take(max).collect(), next))
 }
 
+/// Ends a page where [`crate::serve::fitting`] says (the items complete, aliases
+/// included), with a token that carries on from there.
+fn cut<T: serde::Serialize>(
+    items: &mut Vec<T>,
+    token: Option<&str>,
+    next: &mut Option<String>,
+) -> Result<()> {
+    let fit = crate::serve::fitting(items);
+    if fit < items.len() {
+        items.truncate(fit);
+        *next = Some((offset(token)? + fit).to_string());
+    }
+    Ok(())
+}
+
 fn orders(entries: &[String], keys: &[&'static str]) -> Result<Vec<(&'static str, bool)>> {
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
@@ -375,7 +390,7 @@ async fn model_search(inner: Arc<Inner>, req: ModelSearch) -> Result<ModelPage> 
         .into_iter()
         .filter(|m| f::holds(&clauses, m))
         .collect();
-    let (page, next) = page_of(
+    let (page, mut next) = page_of(
         kept,
         &order,
         |m, k| match k {
@@ -388,7 +403,7 @@ async fn model_search(inner: Arc<Inner>, req: ModelSearch) -> Result<ModelPage> 
         req.page_token.as_deref(),
     )?;
     // MLflow's listing leaves out aliases: read each model of the page.
-    let models = futures::stream::iter(page)
+    let mut models: Vec<RegisteredModel> = futures::stream::iter(page)
         .map(|m| {
             let inner = &inner;
             async move {
@@ -401,6 +416,7 @@ async fn model_search(inner: Arc<Inner>, req: ModelSearch) -> Result<ModelPage> 
         .buffered(AT_ONCE)
         .try_collect()
         .await?;
+    cut(&mut models, req.page_token.as_deref(), &mut next)?;
     Ok(ModelPage {
         models,
         next_page_token: next,
@@ -417,7 +433,7 @@ async fn version_search(inner: Arc<Inner>, req: VersionSearch) -> Result<Version
         .into_iter()
         .filter(|v| f::holds(&clauses, v))
         .collect();
-    let (mut page, next) = page_of(
+    let (mut page, mut next) = page_of(
         kept,
         &order,
         |v, k| match k {
@@ -462,6 +478,7 @@ async fn version_search(inner: Arc<Inner>, req: VersionSearch) -> Result<Version
                 .collect();
         }
     }
+    cut(&mut page, req.page_token.as_deref(), &mut next)?;
     Ok(VersionPage {
         versions: page,
         next_page_token: next,

@@ -820,9 +820,12 @@ async fn metric_history(inner: Arc<Inner>, req: MetricHistory) -> Result<MetricP
     // The standard's order, whatever MLflow's: step, timestamp, value bits.
     values.sort_by_key(|m| (m.step, m.timestamp, m.value.to_bits() as i64));
     let max = req.max_results as usize;
-    let rest = values.len().saturating_sub(offset);
-    let next = (rest > max).then(|| format!("o{}", offset + max));
-    let metrics = values.into_iter().skip(offset).take(max).collect();
+    let mut metrics: Vec<_> = values.iter().skip(offset).take(max).cloned().collect();
+    // As the built-in tracker does: a page also ends where the reply would outgrow a
+    // message, and the token carries on from there.
+    metrics.truncate(crate::serve::fitting(&metrics));
+    let next =
+        (values.len() > offset + metrics.len()).then(|| format!("o{}", offset + metrics.len()));
     Ok(MetricPage {
         metrics,
         next_page_token: next,
@@ -872,12 +875,13 @@ async fn run_search(inner: Arc<Inner>, req: RunSearch, node: NodeId) -> Result<R
             }
         }
     }
+    let (skip, mlflow_token) = split_token(req.page_token.as_deref());
     let body = json!({
         "experiment_ids": experiments,
         "filter": super::filter::run_filter_text(&parsed, &named),
         "max_results": req.max_results,
         "order_by": req.order_by,
-        "page_token": req.page_token,
+        "page_token": mlflow_token,
         "run_view_type": "ACTIVE_ONLY",
     });
     let page: wire::RunPage = inner.rest.post("runs/search", &body).await.map_err(|f| {
@@ -898,7 +902,7 @@ async fn run_search(inner: Arc<Inner>, req: RunSearch, node: NodeId) -> Result<R
     .await?;
     let mut experiment_ids: HashMap<String, ExperimentId> = HashMap::new();
     let mut runs = Vec::with_capacity(page.runs.len());
-    for w in &page.runs {
+    for w in page.runs.iter().skip(skip) {
         let exp = match experiment_ids.get(&w.info.experiment_id) {
             Some(e) => *e,
             None => {
@@ -946,10 +950,39 @@ async fn run_search(inner: Arc<Inner>, req: RunSearch, node: NodeId) -> Result<R
             inputs: inputs_of(w),
         });
     }
+    // MLflow pages by count only: a page that would outgrow a message ends early, and
+    // the token says where in this MLflow page to carry on.
+    let fit = crate::serve::fitting(&runs);
+    let next_page_token = if fit < runs.len() {
+        runs.truncate(fit);
+        Some(format!(
+            "~{}~{}",
+            skip + fit,
+            mlflow_token.unwrap_or_default()
+        ))
+    } else {
+        page.next_page_token.filter(|t| !t.is_empty())
+    };
     Ok(RunPage {
         runs,
-        next_page_token: page.next_page_token.filter(|t| !t.is_empty()),
+        next_page_token,
     })
+}
+
+/// A run search token: MLflow's own, or `~<skip>~<MLflow's token>` for a page that ended
+/// early (`~` is not in MLflow's base64 tokens): the runs of that MLflow page to skip.
+fn split_token(token: Option<&str>) -> (usize, Option<&str>) {
+    let Some(rest) = token.and_then(|t| t.strip_prefix('~')) else {
+        return (0, token);
+    };
+    match rest.split_once('~') {
+        Some((skip, mlflow)) => match skip.parse() {
+            Ok(skip) => (skip, Some(mlflow).filter(|t| !t.is_empty())),
+            // Not ours after all: MLflow judges it (INVALID_ARGUMENT, page_token).
+            Err(_) => (0, token),
+        },
+        None => (0, token),
+    }
 }
 
 // ---- Crashed runs ---------------------------------------------------------------------

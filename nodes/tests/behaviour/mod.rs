@@ -37,6 +37,8 @@ macro_rules! tracking_tests {
             a_run_whose_owner_leaves_the_mesh_becomes_crashed,
             search_filters_orders_and_pages_like_mlflow,
             eight_writer_nodes_at_once_lose_nothing,
+            a_long_history_comes_back_in_pages_that_fit,
+            run_search_pages_are_cut_to_the_message_size_limit,
         );
     };
 }
@@ -52,6 +54,7 @@ macro_rules! registry_tests {
             every_change_is_an_event_and_aliases_say_where_they_moved_from,
             locate_answers_by_version_alias_or_latest,
             search_filters_orders_and_pages,
+            model_search_pages_are_cut_to_the_message_size_limit,
         );
     };
 }

@@ -8,9 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use mlmesh::protocol::registry::{
-    self, AliasAssign, AliasDelete, AliasDeleted, AliasSet, Locate, Located, ModelCreate, ModelGet,
-    ModelPage, ModelSearch, ModelUpdate, ModelVersion, RegisteredModel, RunId, VersionCreate,
-    VersionGet, VersionPage, VersionSearch, VersionStatus, VersionUpdate,
+    self, limits, AliasAssign, AliasDelete, AliasDeleted, AliasSet, Locate, Located, ModelCreate,
+    ModelGet, ModelPage, ModelSearch, ModelUpdate, ModelVersion, RegisteredModel, RunId,
+    VersionCreate, VersionGet, VersionPage, VersionSearch, VersionStatus, VersionUpdate,
 };
 use mlmesh::{CallOptions, Code, NodeHandle, Status, Subscription};
 
@@ -766,4 +766,43 @@ pub async fn search_filters_orders_and_pages(backend: Backend) {
         "order_by[0]",
     );
     m.shutdown().await;
+}
+
+/// Models with long descriptions make pages larger than a message may be: a search cuts
+/// its pages by size, whatever `max_results` says, and the token carries on without
+/// losing or repeating a model.
+pub async fn model_search_pages_are_cut_to_the_message_size_limit(backend: Backend) {
+    let m = Mesh::start(backend).await;
+    let n = 250; // 250 x 5,000 bytes of description: 1.25 MB
+    for i in 0..n {
+        let req = ModelCreate {
+            name: format!("large-{i:03}"),
+            description: "d".repeat(limits::MAX_DESCRIPTION_LENGTH),
+            ..ModelCreate::default()
+        };
+        let _: RegisteredModel = call(&m.client, registry::MODEL_CREATE, &req).await.unwrap();
+    }
+    let mut req = ModelSearch {
+        max_results: limits::MAX_RESULTS,
+        ..ModelSearch::default()
+    };
+    let (mut seen, mut pages) = (std::collections::BTreeSet::new(), 0);
+    loop {
+        let page: ModelPage = call(&m.client, registry::MODEL_SEARCH, &req).await.unwrap();
+        pages += 1;
+        assert!(
+            !page.models.is_empty() && page.models.len() < n,
+            "{}",
+            page.models.len()
+        );
+        for model in page.models {
+            assert!(seen.insert(model.name.clone()), "{} twice", model.name);
+        }
+        match page.next_page_token {
+            Some(token) => req.page_token = Some(token),
+            None => break,
+        }
+        assert!(pages <= n, "more pages than models");
+    }
+    assert_eq!(seen.len(), n);
 }

@@ -598,3 +598,89 @@ pub async fn eight_writer_nodes_at_once_lose_nothing(backend: Backend) {
         assert_eq!(run.info.status, RunStatus::Finished);
     }
 }
+
+/// A key's history longer than a message holds comes back in pages that each fit, with
+/// the default `max_results` (25,000): every value once, in order, none lost at a page
+/// boundary. (With millisecond timestamps 25,000 values are about 1.5 MB.)
+pub async fn a_long_history_comes_back_in_pages_that_fit(backend: Backend) {
+    let m = mesh(backend).await;
+    let t = &m.tracking;
+    let info = start(t, "history").await;
+    let n = 25_000i64;
+    let ts = 1_700_000_000_000u64;
+    for chunk in 0..n / 1000 {
+        let mut b = batch(info.id);
+        b.metrics = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|step| metric("loss", 1.0 / (step + 1) as f64, step, ts + step as u64))
+            .collect();
+        t.log(&b).await.unwrap();
+    }
+    // The default page: what a client that leaves `max_results` out asks for.
+    let mut req: MetricHistory = mlmesh::protocol::from_payload(
+        &mlmesh::protocol::to_payload(&serde_json::json!({"run": info.id, "key": "loss"})).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(req.max_results, 25_000);
+    let (mut steps, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = t.metric_history(&req).await.unwrap();
+        pages += 1;
+        assert!(!page.metrics.is_empty(), "page {pages} is empty");
+        steps.extend(page.metrics.iter().map(|m| m.step));
+        match page.next_page_token {
+            Some(token) => req.page_token = Some(token),
+            None => break,
+        }
+        assert!(pages < 100, "too many pages");
+    }
+    assert!(pages > 1, "25,000 values do not fit one message");
+    assert_eq!(steps, (0..n).collect::<Vec<_>>());
+}
+
+/// Runs with many long params make pages larger than a message may be: a search cuts its
+/// pages by size, whatever `max_results` says, and the token carries on without losing or
+/// repeating a run.
+pub async fn run_search_pages_are_cut_to_the_message_size_limit(backend: Backend) {
+    let m = mesh(backend).await;
+    let t = &m.tracking;
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..5 {
+        let info = start(t, "large").await;
+        let mut b = batch(info.id);
+        // 100 params of 5,000 bytes: about 500 KB of params per run.
+        b.params = (0..tracking::limits::MAX_PARAMS_PER_BATCH)
+            .map(|k| Param {
+                key: format!("p{k}"),
+                value: format!("{i}").repeat(5_000),
+            })
+            .collect();
+        t.log(&b).await.unwrap();
+        ids.insert(info.id);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut req = RunSearch {
+        experiments: vec!["large".into()],
+        max_results: 1000,
+        ..RunSearch::default()
+    };
+    let mut pages = 0;
+    loop {
+        let page = t.search(&req).await.unwrap();
+        pages += 1;
+        assert!(
+            !page.runs.is_empty() && page.runs.len() < 2,
+            "two runs of 500 KB do not fit one page: {}",
+            page.runs.len()
+        );
+        for run in &page.runs {
+            assert_eq!(run.params.len(), 100);
+            assert!(seen.insert(run.info.id), "run {} twice", run.info.id);
+        }
+        match page.next_page_token {
+            Some(token) => req.page_token = Some(token),
+            None => break,
+        }
+        assert!(pages <= 5, "more pages than runs");
+    }
+    assert_eq!(seen, ids);
+}
