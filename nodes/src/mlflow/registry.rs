@@ -178,56 +178,69 @@ async fn require_version(inner: &Inner, name: &str, version: Version) -> Result<
 
 /// Every version of the MLflow models `filter` lists, as the mesh sees them.
 async fn list_versions(inner: &Inner, filter: String) -> Result<Vec<ModelVersion>> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut query = vec![("max_results", "1000".to_owned())];
-        if !filter.is_empty() {
-            query.push(("filter", filter.clone()));
-        }
-        if let Some(t) = token.take() {
-            query.push(("page_token", t));
-        }
-        let page: wire::VersionPage = inner.rest.get("model-versions/search", &query).await?;
-        out.extend(
-            page.model_versions
+    scan(
+        inner,
+        "model-versions/search",
+        &filter,
+        |page: wire::VersionPage| {
+            let versions = page
+                .model_versions
                 .into_iter()
                 .filter(|v| inner.in_mesh(&v.name).is_some())
-                .map(|v| version_of(inner, v)),
-        );
-        if out.len() > MAX_SCAN {
-            return Err(too_many());
-        }
-        match page.next_page_token {
-            Some(t) if !t.is_empty() => token = Some(t),
-            _ => return Ok(out),
-        }
-    }
+                .map(|v| version_of(inner, v))
+                .collect();
+            (versions, page.next_page_token)
+        },
+    )
+    .await
 }
 
 /// Every MLflow model `filter` lists, as the mesh sees them (aliases not included).
 async fn list_models(inner: &Inner, filter: String) -> Result<Vec<RegisteredModel>> {
+    scan(
+        inner,
+        "registered-models/search",
+        &filter,
+        |page: wire::ModelPage| {
+            let models = page
+                .registered_models
+                .into_iter()
+                .filter(|m| inner.in_mesh(&m.name).is_some())
+                .map(|m| model_of(inner, m))
+                .collect();
+            (models, page.next_page_token)
+        },
+    )
+    .await
+}
+
+/// Reads an MLflow search at `path` page after page; `items` takes what the mesh sees of
+/// a page, and its next token. At most [`MAX_SCAN`] items.
+async fn scan<P, T>(
+    inner: &Inner,
+    path: &str,
+    filter: &str,
+    mut items: impl FnMut(P) -> (Vec<T>, Option<String>),
+) -> Result<Vec<T>>
+where
+    P: serde::de::DeserializeOwned,
+{
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let mut query = vec![("max_results", "1000".to_owned())];
         if !filter.is_empty() {
-            query.push(("filter", filter.clone()));
+            query.push(("filter", filter.to_owned()));
         }
         if let Some(t) = token.take() {
             query.push(("page_token", t));
         }
-        let page: wire::ModelPage = inner.rest.get("registered-models/search", &query).await?;
-        out.extend(
-            page.registered_models
-                .into_iter()
-                .filter(|m| inner.in_mesh(&m.name).is_some())
-                .map(|m| model_of(inner, m)),
-        );
+        let (page, next) = items(inner.rest.get(path, &query).await?);
+        out.extend(page);
         if out.len() > MAX_SCAN {
             return Err(too_many());
         }
-        match page.next_page_token {
+        match next {
             Some(t) if !t.is_empty() => token = Some(t),
             _ => return Ok(out),
         }
