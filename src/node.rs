@@ -173,7 +173,8 @@ pub struct Ack<T> {
 pub struct Stats {
     /// Events accepted by `publish`.
     pub events_published: u64,
-    /// Events dropped because the publish queue was full.
+    /// Events dropped because the publish queue was full, or still queued when a
+    /// shutdown's flush ran out of time.
     pub events_dropped: u64,
     /// Frames written to the PUB socket (a batch is one frame).
     pub frames_published: u64,
@@ -233,6 +234,10 @@ pub(crate) struct Inner {
     pub(crate) serving: Arc<Semaphore>,
     pub(crate) counters: Counters,
     pub(crate) closing: AtomicBool,
+    /// Shutdown asks the publisher to send what is queued, then the goodbye.
+    pub(crate) leaving: CancellationToken,
+    /// The publisher has sent the goodbye and its socket has written it (or gave up).
+    pub(crate) flushed: CancellationToken,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) handler_tasks: TaskTracker,
@@ -335,7 +340,9 @@ impl Inner {
         topic: Topic,
         data: Bytes,
     ) -> Result<(), PublishError> {
-        if self.cancel.is_cancelled() {
+        // Once the node is leaving, its goodbye is (or is about to be) the last event:
+        // peers stop listening when it arrives.
+        if self.leaving.is_cancelled() || self.cancel.is_cancelled() {
             return Err(PublishError::Closed);
         }
         // A publishing loop never waits under DropNewest: without this it would starve
@@ -394,31 +401,36 @@ impl Inner {
     }
 
     /// Sends a heartbeat on the priority lane (never dropped behind a backlog).
-    pub(crate) fn heartbeat(&self, leaving: bool) {
+    pub(crate) fn heartbeat(&self) {
+        if let Some(out) = self.heartbeat_message(false) {
+            let _ = self.control_tx.try_send(out);
+        }
+    }
+
+    /// A heartbeat ready for the PUB socket; `leaving` for the goodbye, which the
+    /// publisher sends itself after the last queued event (see [`NodeHandle::shutdown`]).
+    pub(crate) fn heartbeat_message(&self, leaving: bool) -> Option<Outgoing> {
         let hb = Heartbeat {
             interval_ms: self.config.liveness.heartbeat_ms,
             name: self.config.node.name.clone(),
             mesh: self.config.node.mesh.clone(),
             leaving,
         };
-        let Ok(topic) = Topic::new(sys::HEARTBEAT) else {
-            return;
-        };
+        let topic = Topic::new(sys::HEARTBEAT).ok()?;
         let seq = {
             let mut seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
             let s = seqs.entry(topic.clone()).or_insert(0);
             *s += 1;
             *s
         };
-        let Ok(data) = to_payload(&hb) else { return };
+        let data = to_payload(&hb).ok()?;
         let env = Envelope::event(topic.clone(), self.id, seq, data.into());
-        if let Ok(frame) = self.codec.encode(&env) {
-            let _ = self.control_tx.try_send(Outgoing {
-                topic,
-                frame: frame.into(),
-                budget: None,
-            });
-        }
+        let frame = self.codec.encode(&env).ok()?;
+        Some(Outgoing {
+            topic,
+            frame: frame.into(),
+            budget: None,
+        })
     }
 
     /// Removes a peer and tears down its sockets. A peer that said goodbye keeps its
@@ -580,6 +592,8 @@ impl NodeBuilder {
             serving: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             counters: Counters::default(),
             closing: AtomicBool::new(false),
+            leaving: CancellationToken::new(),
+            flushed: CancellationToken::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             handler_tasks: TaskTracker::new(),
@@ -641,7 +655,7 @@ async fn heartbeats(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             _ = inner.cancel.cancelled() => return,
-            _ = tick.tick() => inner.heartbeat(false),
+            _ = tick.tick() => inner.heartbeat(),
         }
     }
 }
@@ -869,7 +883,9 @@ impl NodeHandle {
 
     /// Leaves the mesh gracefully: refuses new instructions (UNAVAILABLE), finishes the
     /// ones in flight (bounded by the default deadline), flushes queued events, says
-    /// goodbye (a leaving heartbeat and an mDNS unregister), then stops every task.
+    /// goodbye (a leaving heartbeat after the last event, then an mDNS unregister), then
+    /// stops every task. Events published once the flush has begun are refused
+    /// ([`PublishError::Closed`]).
     pub async fn shutdown(self) {
         let inner = &self.inner;
         if inner.closing.swap(true, Ordering::SeqCst) {
@@ -883,21 +899,22 @@ impl NodeHandle {
         {
             tracing::warn!(node = %inner.config.node.name, "in-flight instructions outlived the shutdown drain");
         }
-        inner.heartbeat(true);
+        // The publisher sends every queued event, then the leaving heartbeat, and waits
+        // (bounded) for its socket to write them. The goodbye must come last: a peer
+        // stops listening as soon as it arrives, so events behind it would be lost.
+        inner.leaving.cancel();
+        if tokio::time::timeout(transport::publisher::FLUSH_BOUND, inner.flushed.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = %inner.config.node.name, "the publisher did not flush in time");
+        }
+        // Unregistered only now: peers also take an mDNS removal as a goodbye.
         let mdns = inner.mdns.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mdns) = mdns {
             // mdns-sd answers on blocking channels: wait for it off the runtime's threads.
             let _ = tokio::task::spawn_blocking(move || mdns.goodbye()).await;
         }
-        // Let the publisher drain the queue (bounded), then stop everything.
-        let flush_until = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < flush_until
-            && (inner.publish_tx.capacity() < inner.publish_tx.max_capacity()
-                || inner.control_tx.capacity() < inner.control_tx.max_capacity())
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
         inner.cancel.cancel();
         inner.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), inner.tasks.wait()).await;

@@ -426,3 +426,46 @@ async fn the_block_policy_waits_instead_of_dropping() {
     subscriber.shutdown().await;
     publisher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_right_after_publishing_delivers_everything_before_its_goodbye() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let (publisher, subscriber) = pair(&mesh, |role, c| {
+        if role == "sub" {
+            c.limits.subscription_queue = 16_384;
+        }
+    })
+    .await;
+    let mut sub = subscriber.subscribe("bulk.**").expect("pattern");
+    sync_events(&publisher, &mut sub, "bulk.probe").await;
+    let mut peers = subscriber.watch_peers();
+    let id = publisher.id();
+
+    // A burst, then shutdown at once: most of it is still queued when the node leaves.
+    const N: u64 = 3_000;
+    for i in 0..N {
+        publisher.publish("bulk.data", &i).await.expect("published");
+    }
+    let stats = publisher.stats();
+    publisher.shutdown().await;
+    assert_eq!(stats.events_dropped, 0, "{stats:?}");
+
+    // The goodbye came after the burst: by the time the peer is gone, all of it is in.
+    next_peer_event(
+        &mut peers,
+        "the publisher's goodbye",
+        WAIT,
+        |ev| matches!(ev, mlmesh::PeerEvent::Left(p, mlmesh::LeftReason::Goodbye) if *p == id),
+    )
+    .await;
+    let mut seqs = Vec::new();
+    while let Some(ev) = sub.try_recv() {
+        if ev.topic().as_str() == "bulk.data" {
+            assert_eq!(ev.missed, 0, "{ev:?}");
+            seqs.push(ev.seq());
+        }
+    }
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "every event, in order");
+    subscriber.shutdown().await;
+}

@@ -8,9 +8,11 @@
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 
 use mlmesh_protocol::{encode_batch, Topic};
@@ -22,6 +24,17 @@ const BATCH_MAX_COUNT: usize = 1024;
 
 /// Largest message a subscriber may send to a PUB (a subscription: a topic prefix).
 const MAX_SUBSCRIPTION: usize = 1024;
+
+/// How long a leaving node may spend handing its queued events to the socket.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// How long, after the goodbye, the socket may take to write what it holds.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// The longest a graceful shutdown waits for the publisher to flush and say goodbye.
+pub(crate) const FLUSH_BOUND: Duration = DRAIN
+    .saturating_add(LINGER)
+    .saturating_add(Duration::from_millis(200));
 
 /// An encoded envelope on its way to the PUB socket, holding its share of the publish
 /// queue's byte budget until it is handed to the socket.
@@ -54,25 +67,88 @@ pub(crate) async fn bind(
 
 pub(crate) async fn run(
     inner: Arc<Inner>,
-    mut socket: PubSocket,
+    socket: PubSocket,
     mut queue: mpsc::Receiver<Outgoing>,
     mut control: mpsc::Receiver<Outgoing>,
 ) {
-    let budget = inner.config.limits.batch_max_bytes;
-    let mut held: Option<Outgoing> = None;
-    let mut parts: Vec<Bytes> = Vec::with_capacity(64);
+    let mut out = Batcher::new(&inner, socket);
     loop {
-        let first = match held.take() {
-            Some(out) => out,
+        let first = match out.held.take() {
+            Some(first) => first,
             None => tokio::select! {
                 biased;
-                Some(out) = control.recv() => out,
-                Some(out) = queue.recv() => out,
-                _ = inner.cancel.cancelled() => break,
+                Some(first) = control.recv() => first,
+                Some(first) = queue.recv() => first,
+                // Reached only with both lanes empty at this instant.
+                _ = inner.leaving.cancelled() => break,
+                // Dropped without `shutdown`: no flush, no goodbye.
+                _ = inner.cancel.cancelled() => return,
                 else => break,
             },
         };
-        // Gather a batch only from what is already waiting: an idle queue adds no delay.
+        out.send(first, &mut queue).await;
+    }
+    leave(&inner, out, &mut queue, &mut control).await;
+}
+
+/// The graceful end: every event still queued goes out (bounded by [`DRAIN`]), then the
+/// leaving heartbeat, last, since a peer stops listening when it arrives; then the socket
+/// gets a moment to put the last frames on the wire.
+async fn leave(
+    inner: &Inner,
+    mut out: Batcher<'_>,
+    queue: &mut mpsc::Receiver<Outgoing>,
+    control: &mut mpsc::Receiver<Outgoing>,
+) {
+    let until = Instant::now() + DRAIN;
+    while Instant::now() < until {
+        let next = out
+            .held
+            .take()
+            .or_else(|| control.try_recv().ok())
+            .or_else(|| queue.try_recv().ok());
+        let Some(first) = next else { break };
+        out.send(first, queue).await;
+    }
+    let left = queue.len() + usize::from(out.held.is_some());
+    if left > 0 {
+        bump(&inner.counters.events_dropped, left as u64);
+        tracing::warn!(node = %inner.config.node.name, left, "events still queued at shutdown were dropped");
+    }
+    if let Some(goodbye) = inner.heartbeat_message(true) {
+        let mut msg = ZmqMessage::from(Bytes::copy_from_slice(goodbye.topic.as_str().as_bytes()));
+        msg.push_back(goodbye.frame);
+        let _ = out.socket.send(msg).await;
+    }
+    // Give the writer tasks a moment to put the last frames on the wire.
+    tokio::time::sleep(LINGER).await;
+    inner.flushed.cancel();
+}
+
+/// Sends what the queue holds, joining a backlog of one topic into batch frames.
+struct Batcher<'a> {
+    inner: &'a Inner,
+    socket: PubSocket,
+    /// An event taken from the queue that did not fit the last batch.
+    held: Option<Outgoing>,
+    parts: Vec<Bytes>,
+}
+
+impl<'a> Batcher<'a> {
+    fn new(inner: &'a Inner, socket: PubSocket) -> Self {
+        Self {
+            inner,
+            socket,
+            held: None,
+            parts: Vec::with_capacity(64),
+        }
+    }
+
+    /// Sends `first`, batched with what is already waiting behind it (an idle queue
+    /// adds no delay).
+    async fn send(&mut self, first: Outgoing, queue: &mut mpsc::Receiver<Outgoing>) {
+        let budget = self.inner.config.limits.batch_max_bytes;
+        let parts = &mut self.parts;
         let mut size = first.frame.len();
         let topic = first.topic;
         parts.clear();
@@ -82,7 +158,7 @@ pub(crate) async fn run(
         while parts.len() < BATCH_MAX_COUNT {
             let Ok(next) = queue.try_recv() else { break };
             if next.topic != topic || size + next.frame.len() > budget {
-                held = Some(next);
+                self.held = Some(next);
                 break;
             }
             size += next.frame.len();
@@ -101,18 +177,9 @@ pub(crate) async fn run(
         drop(permits);
         let mut msg = ZmqMessage::from(Bytes::copy_from_slice(topic.as_str().as_bytes()));
         msg.push_back(body);
-        if let Err(e) = socket.send(msg).await {
+        if let Err(e) = self.socket.send(msg).await {
             tracing::warn!(error = %e, "PUB send failed");
         }
-        bump(&inner.counters.frames_published, 1);
+        bump(&self.inner.counters.frames_published, 1);
     }
-    // Flush what the shutdown path left (the leaving heartbeat among it), bounded.
-    while let Ok(out) = control.try_recv().or_else(|_| queue.try_recv()) {
-        let mut msg = ZmqMessage::from(Bytes::copy_from_slice(out.topic.as_str().as_bytes()));
-        msg.push_back(out.frame);
-        let _ = socket.send(msg).await;
-    }
-    // Give the writer tasks a moment to put the last frames on the wire.
-    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    drop(socket);
 }
