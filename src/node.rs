@@ -225,6 +225,8 @@ pub(crate) struct Inner {
     pub(crate) subs: Subscriptions,
     pub(crate) clients: Clients,
     pub(crate) publish_tx: mpsc::Sender<Outgoing>,
+    /// The PUB socket's subscribers and backlog (the socket is the publisher task's).
+    pub(crate) pub_state: zeromq::PubSocketState,
     /// Bytes the publish queue may hold, as semaphore permits.
     pub(crate) publish_budget: Arc<Semaphore>,
     pub(crate) control_tx: mpsc::Sender<Outgoing>,
@@ -584,6 +586,7 @@ impl NodeBuilder {
             subs: Subscriptions::new(limits.subscription_queue),
             clients: Clients::default(),
             publish_tx,
+            pub_state: pub_socket.state(),
             publish_budget: Arc::new(Semaphore::new(limits.publish_queue_bytes)),
             control_tx,
             seqs: Mutex::new(HashMap::new()),

@@ -28,8 +28,12 @@ const MAX_SUBSCRIPTION: usize = 1024;
 /// How long a leaving node may spend handing its queued events to the socket.
 const DRAIN: Duration = Duration::from_millis(500);
 
-/// How long, after the goodbye, the socket may take to write what it holds.
-const LINGER: Duration = Duration::from_millis(10);
+/// How long, after the goodbye, the socket may take to write what it holds (to
+/// subscribers that keep up; a stalled one holds it this long).
+const LINGER: Duration = Duration::from_millis(500);
+
+/// How often the linger looks at what the socket still has to write.
+const LINGER_POLL: Duration = Duration::from_millis(2);
 
 /// The longest a graceful shutdown waits for the publisher to flush and say goodbye.
 pub(crate) const FLUSH_BOUND: Duration = DRAIN
@@ -93,7 +97,7 @@ pub(crate) async fn run(
 
 /// The graceful end: every event still queued goes out (bounded by [`DRAIN`]), then the
 /// leaving heartbeat, last, since a peer stops listening when it arrives; then the socket
-/// gets a moment to put the last frames on the wire.
+/// writes all of it to its subscribers' connections (bounded by [`LINGER`]).
 async fn leave(
     inner: &Inner,
     mut out: Batcher<'_>,
@@ -120,8 +124,20 @@ async fn leave(
         msg.push_back(goodbye.frame);
         let _ = out.socket.send(msg).await;
     }
-    // Give the writer tasks a moment to put the last frames on the wire.
-    tokio::time::sleep(LINGER).await;
+    // zmq.rs's `send` only queues: a fan-out task and a writer task per subscriber put the
+    // frames on the wire, and dropping the socket (or the process exiting) ends them.
+    let until = Instant::now() + LINGER;
+    loop {
+        let unwritten = inner.pub_state.unwritten().await;
+        if unwritten == 0 {
+            break;
+        }
+        if Instant::now() >= until {
+            tracing::debug!(node = %inner.config.node.name, unwritten, "PUB linger ended with frames unwritten");
+            break;
+        }
+        tokio::time::sleep(LINGER_POLL).await;
+    }
     inner.flushed.cancel();
 }
 

@@ -111,6 +111,7 @@ pub mod __bench {
                 subscriber_count: AtomicUsize::new(0),
                 socket_monitor: Mutex::new(None),
                 socket_options: Arc::new(SocketOptions::default()),
+                unfanned: Arc::default(),
             });
             let mut receivers = Vec::with_capacity(subscriber_count);
 
@@ -128,6 +129,7 @@ pub mod __bench {
                             subscriptions: subscriptions.clone(),
                             send_queue,
                             _subscription_coro_stop: stop_sender,
+                            unwritten: Arc::default(),
                         },
                     )
                     .await;

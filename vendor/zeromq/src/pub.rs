@@ -4,7 +4,7 @@ use crate::error::ZmqResult;
 use crate::message::*;
 use crate::transport::AcceptStopHandle;
 use crate::util::PeerIdentity;
-use crate::write_queue::write_message_queue;
+use crate::write_queue::write_message_queue_counted;
 use crate::{async_rt, CaptureSocket, SocketOptions};
 use crate::{MultiPeerBackend, Socket, SocketBackend, SocketEvent, SocketSend, SocketType};
 
@@ -48,18 +48,21 @@ fn subscription_matches(subscriptions: &[Vec<u8>], first_frame: &Bytes) -> bool 
 // clone per message, and every futures-mpsc sender clone has a guaranteed slot of its
 // own, so the queue never filled and a stalled subscriber grew the publisher without
 // bound. With one persistent sender the capacity holds and full queues drop.
-fn send_to_subscriber(send_queue: &mut PubSendQueue, message: &ZmqMessage) {
+// Returns whether the message was queued.
+fn send_to_subscriber(send_queue: &mut PubSendQueue, message: &ZmqMessage) -> bool {
     let message = Message::Message(message.clone());
     match send_queue.try_send(message) {
-        Ok(()) => {}
+        Ok(()) => true,
         Err(error) if error.is_full() => {
             // PUB drops messages for slow subscribers so one full queue does not backpressure all publishers.
             drop(error.into_inner());
+            false
         }
         Err(error) => {
             // The writer task owns transport error detection and subscriber cleanup.
             // A closed local queue is treated as a dropped PUB message on this send path.
             drop(error.into_inner());
+            false
         }
     }
 }
@@ -68,6 +71,10 @@ pub(crate) struct Subscriber {
     pub(crate) subscriptions: Vec<Vec<u8>>,
     pub(crate) send_queue: PubSendQueue,
     pub(crate) _subscription_coro_stop: oneshot::Sender<()>,
+    // mlmesh patch: messages in `send_queue` or being written, not yet flushed to the
+    // connection (PATCHES.md, 5). Raised before a message is queued, lowered by the
+    // writer task after each flush.
+    pub(crate) unwritten: Arc<AtomicUsize>,
 }
 
 pub(crate) struct PubSocketBackend {
@@ -75,17 +82,24 @@ pub(crate) struct PubSocketBackend {
     pub(crate) subscriber_count: AtomicUsize,
     pub(crate) socket_monitor: Mutex<Option<mpsc::Sender<SocketEvent>>>,
     pub(crate) socket_options: Arc<SocketOptions>,
+    // mlmesh patch: messages accepted by `send` and not yet handed to every matching
+    // subscriber's queue (PATCHES.md, 5).
+    pub(crate) unfanned: Arc<AtomicUsize>,
 }
 
 struct PubFanoutQueue {
     queue: Arc<ArrayQueue<ZmqMessage>>,
     wake_sender: mpsc::UnboundedSender<()>,
     wake_pending: Arc<AtomicBool>,
+    unfanned: Arc<AtomicUsize>,
 }
 
 impl PubFanoutQueue {
     fn publish(&self, message: ZmqMessage) -> ZmqResult<()> {
+        // Raised first: the fan-out worker may take the message as soon as it is pushed.
+        self.unfanned.fetch_add(1, Ordering::AcqRel);
         if self.queue.push(message).is_err() {
+            self.unfanned.fetch_sub(1, Ordering::AcqRel);
             return Ok(());
         }
 
@@ -105,12 +119,14 @@ fn spawn_pub_fanout_queue(backend: Arc<PubSocketBackend>) -> PubFanoutQueue {
     let (wake_sender, mut wake_receiver) = mpsc::unbounded();
     let worker_queue = queue.clone();
     let worker_pending = wake_pending.clone();
+    let unfanned = backend.unfanned.clone();
 
     async_rt::task::spawn(async move {
         while wake_receiver.next().await.is_some() {
             loop {
                 while let Some(message) = worker_queue.pop() {
                     backend.fanout_message(message).await;
+                    backend.unfanned.fetch_sub(1, Ordering::AcqRel);
                 }
 
                 worker_pending.store(false, Ordering::Release);
@@ -128,6 +144,7 @@ fn spawn_pub_fanout_queue(backend: Arc<PubSocketBackend>) -> PubFanoutQueue {
         queue,
         wake_sender,
         wake_pending,
+        unfanned,
     }
 }
 
@@ -147,7 +164,11 @@ impl PubSocketBackend {
         self.subscribers
             .iter_mut_async(|mut subscriber| {
                 if subscription_matches(&subscriber.subscriptions, first_frame) {
-                    send_to_subscriber(&mut subscriber.send_queue, &message);
+                    // Raised before the writer can take (and count off) the message.
+                    subscriber.unwritten.fetch_add(1, Ordering::AcqRel);
+                    if !send_to_subscriber(&mut subscriber.send_queue, &message) {
+                        subscriber.unwritten.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
                 true
             })
@@ -226,6 +247,7 @@ impl MultiPeerBackend for PubSocketBackend {
             .unwrap_or(PUB_SEND_QUEUE_CAPACITY);
         let (queue_sender, queue_receiver) = mpsc::channel(capacity);
         let (sender, stop_receiver) = oneshot::channel();
+        let unwritten = Arc::new(AtomicUsize::new(0));
         let old_subscriber = self
             .subscribers
             .upsert_async(
@@ -234,6 +256,7 @@ impl MultiPeerBackend for PubSocketBackend {
                     subscriptions: vec![],
                     send_queue: queue_sender,
                     _subscription_coro_stop: sender,
+                    unwritten: unwritten.clone(),
                 },
             )
             .await;
@@ -243,7 +266,11 @@ impl MultiPeerBackend for PubSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+            let flushed = |n: usize| {
+                unwritten.fetch_sub(n, Ordering::AcqRel);
+            };
+            if let Err(error) = write_message_queue_counted(queue_receiver, send_queue, flushed).await
+            {
                 log::debug!(
                     "Error sending message to subscriber {:?}: {:?}",
                     writer_peer_id,
@@ -314,6 +341,67 @@ pub struct PubSocket {
     binds: HashMap<Endpoint, AcceptStopHandle>,
 }
 
+impl PubSocket {
+    /// mlmesh patch (PATCHES.md, 5): a handle that reads the socket's subscribers and
+    /// backlog from any task, while the socket itself is owned by its sender.
+    pub fn state(&self) -> PubSocketState {
+        PubSocketState {
+            backend: self.backend.clone(),
+        }
+    }
+}
+
+/// What a [`PubSocket`] holds and who listens to it (mlmesh patch, PATCHES.md, 5).
+#[derive(Clone)]
+pub struct PubSocketState {
+    backend: Arc<PubSocketBackend>,
+}
+
+impl std::fmt::Debug for PubSocketState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubSocketState")
+            .field(
+                "subscribers",
+                &self.backend.subscriber_count.load(Ordering::Relaxed),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl PubSocketState {
+    /// Messages given to `send` that some connected subscriber still has to get written
+    /// to its connection: waiting to be fanned out, in a subscriber's queue, or being
+    /// written. Zero means everything sent so far has reached the operating system's
+    /// socket buffers (or was dropped, for a full queue or no matching subscriber).
+    /// A message to several subscribers counts once per subscriber.
+    pub async fn unwritten(&self) -> usize {
+        // Read first: a fan-out raises the subscribers' counts before lowering this one.
+        let mut total = self.backend.unfanned.load(Ordering::Acquire);
+        self.backend
+            .subscribers
+            .iter_async(|_, subscriber| {
+                total += subscriber.unwritten.load(Ordering::Acquire);
+                true
+            })
+            .await;
+        total
+    }
+
+    /// The subscriptions of every connected subscriber, one list per connection, each in
+    /// the order the subscriber sent them.
+    pub async fn subscriptions(&self) -> Vec<Vec<Vec<u8>>> {
+        let mut all = Vec::new();
+        self.backend
+            .subscribers
+            .iter_async(|_, subscriber| {
+                all.push(subscriber.subscriptions.clone());
+                true
+            })
+            .await;
+        all
+    }
+}
+
 impl Drop for PubSocket {
     fn drop(&mut self) {
         self.backend.shutdown();
@@ -345,6 +433,7 @@ impl Socket for PubSocket {
             subscriber_count: AtomicUsize::new(0),
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(options),
+            unfanned: Arc::default(),
         });
         let fanout_queue = spawn_pub_fanout_queue(backend.clone());
 
@@ -385,6 +474,7 @@ mod tests {
             subscriber_count: AtomicUsize::new(0),
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(SocketOptions::default()),
+            unfanned: Arc::default(),
         }
     }
 
@@ -403,6 +493,7 @@ mod tests {
                     subscriptions,
                     send_queue: queue_sender,
                     _subscription_coro_stop: stop_sender,
+                    unwritten: Arc::default(),
                 },
             )
             .await;
@@ -417,6 +508,7 @@ mod tests {
             queue: Arc::new(ArrayQueue::new(capacity)),
             wake_sender,
             wake_pending: Arc::new(AtomicBool::new(false)),
+            unfanned: Arc::default(),
         };
         (fanout_queue, wake_receiver)
     }
@@ -656,6 +748,87 @@ mod tests {
 
         assert!(backend.subscribers.get_sync(&peer_id).is_some());
         assert_eq!(backend.subscriber_count.load(Ordering::Relaxed), 1);
+    }
+
+    // mlmesh patch (PATCHES.md, 5).
+    #[async_rt::test]
+    async fn test_state_counts_unwritten_copies_of_matching_subscribers() {
+        let backend = Arc::new(test_backend());
+        let (topic_sender, _topic_receiver) = mpsc::channel(8);
+        let (other_sender, _other_receiver) = mpsc::channel(8);
+        let (closed_sender, closed_receiver) = mpsc::channel(8);
+        drop(closed_receiver);
+        let topic = vec![b"topic".to_vec()];
+        insert_test_subscriber(&backend, PeerIdentity::new(), topic.clone(), topic_sender).await;
+        insert_test_subscriber(
+            &backend,
+            PeerIdentity::new(),
+            vec![b"other".to_vec(), b"more".to_vec()],
+            other_sender,
+        )
+        .await;
+        // A message it cannot queue is dropped, not counted as still to write.
+        insert_test_subscriber(&backend, PeerIdentity::new(), topic, closed_sender).await;
+        let state = PubSocketState {
+            backend: backend.clone(),
+        };
+        assert_eq!(state.unwritten().await, 0);
+
+        for message in ["topic.a", "topic.b", "nobody"] {
+            backend.fanout_message(ZmqMessage::from(message)).await;
+        }
+
+        assert_eq!(state.unwritten().await, 2);
+        let mut subscriptions = state.subscriptions().await;
+        subscriptions.sort();
+        assert_eq!(
+            subscriptions,
+            vec![
+                vec![b"other".to_vec(), b"more".to_vec()],
+                vec![b"topic".to_vec()],
+                vec![b"topic".to_vec()],
+            ]
+        );
+    }
+
+    // mlmesh patch (PATCHES.md, 5): once `unwritten` is zero, dropping the socket (as a
+    // process does when it exits) loses nothing that was sent.
+    #[async_rt::test]
+    async fn test_nothing_is_lost_when_the_socket_is_dropped_once_all_is_written() {
+        let mut publisher = PubSocket::new();
+        let endpoint = publisher.bind("tcp://127.0.0.1:0").await.expect("bind");
+        let state = publisher.state();
+        let mut subscriber = crate::SubSocket::new();
+        subscriber.subscribe("topic").await.expect("subscribe");
+        subscriber
+            .connect(&endpoint.to_string())
+            .await
+            .expect("connect");
+        while state.subscriptions().await != vec![vec![b"topic".to_vec()]] {
+            async_rt::task::sleep(std::time::Duration::from_millis(1)).await;
+        }
+
+        const N: usize = 2_000;
+        for i in 0..N {
+            let mut message = ZmqMessage::from("topic");
+            message.push_back(Bytes::from(i.to_string()));
+            publisher.send(message).await.expect("send");
+        }
+        while state.unwritten().await > 0 {
+            async_rt::task::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(publisher);
+
+        for i in 0..N {
+            let message = async_rt::task::timeout(
+                std::time::Duration::from_secs(5),
+                crate::SocketRecv::recv(&mut subscriber),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {N} did not arrive"))
+            .expect("a message");
+            assert_eq!(message.get(1), Some(&Bytes::from(i.to_string())));
+        }
     }
 
     #[async_rt::test]

@@ -8,12 +8,25 @@ const WRITE_BATCH_LIMIT: usize = 128;
 /// Writes queued socket messages into the underlying framed sink in small batches.
 #[inline]
 pub(crate) async fn write_message_queue(
+    queue_receiver: mpsc::Receiver<Message>,
+    send_queue: ZmqFramedWrite,
+) -> CodecResult<()> {
+    write_message_queue_counted(queue_receiver, send_queue, |_| {}).await
+}
+
+/// [`write_message_queue`], calling `flushed` with the number of messages each flush
+/// wrote (mlmesh patch: the PUB counts what its subscribers still have to write,
+/// PATCHES.md, 5).
+#[inline]
+pub(crate) async fn write_message_queue_counted(
     mut queue_receiver: mpsc::Receiver<Message>,
     mut send_queue: ZmqFramedWrite,
+    mut flushed: impl FnMut(usize),
 ) -> CodecResult<()> {
     while let Some(message) = queue_receiver.next().await {
         // When backlog already exists, feed a batch before flushing once to avoid per-message flush cost during bursts.
         send_queue.feed(message).await?;
+        let mut fed = 1;
 
         for _ in 1..WRITE_BATCH_LIMIT {
             let message = match queue_receiver.try_recv() {
@@ -21,9 +34,11 @@ pub(crate) async fn write_message_queue(
                 Err(_) => break,
             };
             send_queue.feed(message).await?;
+            fed += 1;
         }
 
         send_queue.flush().await?;
+        flushed(fed);
     }
 
     Ok(())
@@ -132,6 +147,32 @@ mod tests {
             stats.bytes,
             vec![0x00, 0x01, b'a', 0x00, 0x01, b'b', 0x00, 0x01, b'c']
         );
+    }
+
+    // mlmesh patch (PATCHES.md, 5).
+    #[crate::async_rt::test]
+    async fn test_counted_write_reports_each_flush_with_its_messages() {
+        let (mut sender, receiver) = mpsc::channel(WRITE_BATCH_LIMIT * 2);
+        for _ in 0..WRITE_BATCH_LIMIT + 3 {
+            sender
+                .send(Message::Message(ZmqMessage::from(Bytes::from_static(b"m"))))
+                .await
+                .expect("send message");
+        }
+        drop(sender);
+
+        let stats = Arc::new(Mutex::new(WriteStats::default()));
+        let writer = RecordingWrite {
+            stats: Arc::clone(&stats),
+        };
+        let send_queue = ZmqFramedWrite::new(Box::new(writer), ZmqCodec::new());
+        let mut reported = Vec::new();
+        write_message_queue_counted(receiver, send_queue, |n| reported.push(n))
+            .await
+            .expect("write queued messages");
+
+        assert_eq!(reported, vec![WRITE_BATCH_LIMIT, 3]);
+        assert_eq!(stats.lock().flushes, 2);
     }
 
     #[crate::async_rt::test]
