@@ -31,6 +31,9 @@ use crate::{discovery, rpc, transport};
 /// How long calls already sent to a peer that said goodbye may still get their reply.
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 
+/// How often [`NodeHandle::wait_for_subscribers`] looks at the PUB socket.
+const SUBSCRIBERS_POLL: Duration = Duration::from_millis(5);
+
 /// Most peers listed in one describe answer (keeps it far under the size limit).
 const MAX_INTRODUCED: usize = 512;
 
@@ -859,6 +862,39 @@ impl NodeHandle {
     /// The peers in the table now: alive or suspect, never the ones already gone.
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.inner.peers().infos()
+    }
+
+    /// Waits until as many connections to this node's PUB socket have subscribed to its
+    /// events as there are peers in the table, or until `timeout`; returns how many
+    /// were missing then (0: none).
+    ///
+    /// A PUB drops events for a subscriber whose subscriptions have not reached it yet
+    /// (the "slow joiner"), and a peer connects and subscribes a moment after it admits
+    /// this node. A node that publishes right after joining (a short-lived one, such as
+    /// `mlmesh pub`) calls this first, so that its events reach every peer in its table
+    /// that subscribes to them. A connection counts once it holds a subscription that
+    /// covers `sys.`, which every node makes (SPEC 5.2) and the reference implementation
+    /// sends after its others: from then on the peer's subscriptions are all in.
+    /// Connections are counted, not matched to peers (ZeroMQ does not say which node a
+    /// SUB belongs to).
+    pub async fn wait_for_subscribers(&self, timeout: Duration) -> usize {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let peers = self.inner.peers().iter().count();
+            let ready = self
+                .inner
+                .pub_state
+                .subscriptions()
+                .await
+                .iter()
+                .filter(|subs| subs.iter().any(|p| transport::subscriber::covers_sys(p)))
+                .count();
+            let missing = peers.saturating_sub(ready);
+            if missing == 0 || tokio::time::Instant::now() >= until {
+                return missing;
+            }
+            tokio::time::sleep(SUBSCRIBERS_POLL).await;
+        }
     }
 
     /// Peer changes from now on (joined, suspect, recovered, left).

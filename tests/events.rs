@@ -469,3 +469,34 @@ async fn a_node_that_leaves_right_after_publishing_delivers_everything_before_it
     assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "every event, in order");
     subscriber.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_that_waits_for_its_subscribers_reaches_them_with_its_first_event() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let listener = plain(local("listener", &mesh)).await;
+    let mut sub = listener.subscribe("first.*").expect("pattern");
+    // Fresh publishers, one event each and gone: no probe can warm their PUB up first.
+    for round in 0..5u32 {
+        let node = plain(seeded("short-lived", &mesh, &listener)).await;
+        // Publish as soon as the listener is in the table: it has not connected yet.
+        let mut peers = node.watch_peers();
+        if node.peers().is_empty() {
+            next_peer_event(&mut peers, "the listener to join", WAIT, |ev| {
+                matches!(ev, mlmesh::PeerEvent::Joined(_))
+            })
+            .await;
+        }
+        assert_eq!(node.wait_for_subscribers(WAIT).await, 0, "round {round}");
+        node.publish("first.event", &round)
+            .await
+            .expect("published");
+        node.shutdown().await;
+        let ev = within("the first event", WAIT, sub.recv())
+            .await
+            .expect("subscription open");
+        assert_eq!(ev.decode::<u32>().expect("payload"), round);
+        assert_eq!(ev.seq(), 1);
+    }
+    listener.shutdown().await;
+}

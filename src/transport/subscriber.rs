@@ -29,7 +29,11 @@ pub(crate) async fn run(
     let mut prefixes = inner.subs.prefixes();
     let mut socket = SubSocket::with_options(super::dial_options(inner.codec.max_size(), timeout));
     let mut subscribed: Vec<String> = Vec::new();
-    let initial = prefixes.borrow_and_update().clone();
+    let mut initial = prefixes.borrow_and_update().to_vec();
+    // The prefix covering `sys.` goes last (SPEC 5.2): zmq.rs sends the subscriptions in
+    // the order made when it connects, so a PUB that has it has all of them, and a
+    // publisher can tell this node is ready for its events.
+    initial.sort_by_key(|p| covers_sys(p.as_bytes()));
     for p in initial.iter() {
         if socket.subscribe(p).await.is_ok() {
             subscribed.push(p.clone());
@@ -92,6 +96,13 @@ pub(crate) async fn run(
             },
         }
     }
+}
+
+/// Whether a subscription to `prefix` lets heartbeats (`sys.`) through.
+pub(crate) fn covers_sys(prefix: &[u8]) -> bool {
+    mlmesh_protocol::name::RESERVED_PREFIX
+        .as_bytes()
+        .starts_with(prefix)
 }
 
 /// Handles one event message; returns how many events it delivered.

@@ -418,12 +418,16 @@ async fn publish_in(session: &Session, topic: Topic, single: Option<Bytes>) -> R
     }
     // Let discovery settle first: peers introduced by the seed join a moment later.
     session.settle().await;
-    let peers = session.announce().await;
+    let (peers, missing) = session.announce().await;
     if peers == 0 {
         eprintln!(
             "mlmesh: warning: no peers found in mesh {} within {}: nobody receives these events (see `mlmesh doctor`)",
             session.mesh(),
             human_duration(session.wait)
+        );
+    } else if missing > 0 {
+        eprintln!(
+            "mlmesh: warning: {missing} of {peers} peers had not subscribed to this command's events in time: they may miss them (see `mlmesh doctor`)"
         );
     }
     let node = &session.node;

@@ -4,8 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mlmesh::protocol::sys::{self, Describe, Empty};
-use mlmesh::{CallOptions, Code, Config, Node, NodeHandle, NodeId, Overflow, PeerInfo};
+use mlmesh::{Code, Config, Node, NodeHandle, NodeId, Overflow, PeerInfo};
 use tokio::time::Instant;
 
 use super::{Failure, Global, EXIT_CONFIG};
@@ -20,6 +19,9 @@ pub(crate) const CLI_ROLE: &str = "cli";
 const QUIET: Duration = Duration::from_millis(300);
 /// How often waits look at the peer table.
 const POLL: Duration = Duration::from_millis(10);
+/// How long a publishing command waits for its peers to subscribe, even once the wait
+/// for discovery is over: they connect and subscribe a moment after they admit it.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 
 /// Loads the configuration as nodes do (defaults < file < `MLMESH_*`), with the
 /// standard nodes' `[store]` section accepted, then applies the flags.
@@ -122,46 +124,20 @@ impl Session {
         }
     }
 
-    /// Waits (bounded by the wait) until every live peer lists this node among its own
-    /// peers: then each has connected to this node's events, and what it publishes
-    /// reaches them. Returns how many peers there are.
-    pub(crate) async fn announce(&self) -> usize {
-        let me = self.node.id();
-        let mut known: HashSet<NodeId> = HashSet::new();
-        loop {
-            let peers = self.node.peers();
-            let pending: Vec<NodeId> = peers
-                .iter()
-                .map(|p| p.id)
-                .filter(|id| !known.contains(id))
-                .collect();
-            let now = Instant::now();
-            if (pending.is_empty() && !peers.is_empty()) || now >= self.deadline() {
-                // Their SUB sockets connect and subscribe just after they list us.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return peers.len();
-            }
-            let left = self.deadline() - now;
-            let asks = pending.iter().map(|&id| async move {
-                let options = CallOptions::default()
-                    .to(id)
-                    .deadline(left.min(Duration::from_millis(500)));
-                let answer = self
-                    .node
-                    .request_with::<_, Describe>(sys::DESCRIBE, &Empty {}, options)
-                    .await;
-                // A node that lists no peers (they are optional) cannot say; do not wait on it.
-                let listed =
-                    answer.is_ok_and(|d| d.peers.is_empty() || d.peers.iter().any(|p| p.id == me));
-                (id, listed)
-            });
-            for (id, lists_me) in futures::future::join_all(asks).await {
-                if lists_me {
-                    known.insert(id);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    /// Waits until every peer has connected to this node's events and subscribed (bounded
+    /// by the wait, and by [`SUBSCRIBE_WAIT`] at least), so that what it publishes next
+    /// reaches every peer that subscribes to it. Returns how many peers there are and how
+    /// many had not subscribed.
+    pub(crate) async fn announce(&self) -> (usize, usize) {
+        if self.node.peers().is_empty() {
+            return (0, 0);
         }
+        let wait = self
+            .deadline()
+            .saturating_duration_since(Instant::now())
+            .max(SUBSCRIBE_WAIT);
+        let missing = self.node.wait_for_subscribers(wait).await;
+        (self.node.peers().len(), missing)
     }
 
     /// The peer `spec` names, waiting for it (bounded by the wait).

@@ -269,7 +269,8 @@ impl MultiPeerBackend for PubSocketBackend {
             let flushed = |n: usize| {
                 unwritten.fetch_sub(n, Ordering::AcqRel);
             };
-            if let Err(error) = write_message_queue_counted(queue_receiver, send_queue, flushed).await
+            if let Err(error) =
+                write_message_queue_counted(queue_receiver, send_queue, flushed).await
             {
                 log::debug!(
                     "Error sending message to subscriber {:?}: {:?}",
@@ -829,6 +830,32 @@ mod tests {
             .expect("a message");
             assert_eq!(message.get(1), Some(&Bytes::from(i.to_string())));
         }
+    }
+
+    // mlmesh patch (PATCHES.md, 6): a SUB that connects sends what it subscribed to before
+    // in the order it subscribed, and a PUB lists them in the order received.
+    #[async_rt::test]
+    async fn test_subscriptions_arrive_in_the_order_they_were_made() {
+        let mut publisher = PubSocket::new();
+        let endpoint = publisher.bind("tcp://127.0.0.1:0").await.expect("bind");
+        let state = publisher.state();
+        let mut subscriber = crate::SubSocket::new();
+        for prefix in ["m", "z", "a", "gone", "k", "z"] {
+            subscriber.subscribe(prefix).await.expect("subscribe");
+        }
+        subscriber.unsubscribe("gone").await.expect("unsubscribe");
+        subscriber
+            .connect(&endpoint.to_string())
+            .await
+            .expect("connect");
+        let want: Vec<Vec<u8>> = ["m", "z", "a", "k"].map(|p| p.as_bytes().to_vec()).into();
+        async_rt::task::timeout(std::time::Duration::from_secs(5), async {
+            while state.subscriptions().await != vec![want.clone()] {
+                async_rt::task::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("subscriptions: {:?}", want));
     }
 
     #[async_rt::test]

@@ -18,7 +18,7 @@ use futures::lock::Mutex as AsyncMutex;
 use futures::SinkExt;
 use parking_lot::Mutex;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,7 +47,9 @@ pub(crate) struct SubSocketBackend {
     socket_type: SocketType,
     socket_options: Arc<SocketOptions>,
     pub(crate) socket_monitor: Mutex<Option<mpsc::Sender<SocketEvent>>>,
-    subs: Mutex<HashSet<Vec<u8>>>,
+    // mlmesh patch: in the order they were made, sent in that order to a peer that
+    // connects (PATCHES.md, 6). Upstream kept a `HashSet`.
+    subs: Mutex<Vec<Vec<u8>>>,
     /// Notifiers for reconnection tasks - keyed by `peer_id`
     disconnect_notifiers: Mutex<HashMap<PeerIdentity, DisconnectNotifier>>,
 }
@@ -64,7 +66,7 @@ impl SubSocketBackend {
             socket_type,
             socket_options: Arc::new(options),
             socket_monitor: Mutex::new(None),
-            subs: Mutex::new(HashSet::new()),
+            subs: Mutex::new(Vec::new()),
             disconnect_notifiers: Mutex::new(HashMap::new()),
         }
     }
@@ -81,12 +83,15 @@ impl SubSocketBackend {
 
     /// Track a subscription locally so it can be re-sent on reconnection.
     pub(crate) fn remember_subscription(&self, subscription: &[u8]) {
-        self.subs.lock().insert(subscription.to_vec());
+        let mut subs = self.subs.lock();
+        if !subs.iter().any(|s| s == subscription) {
+            subs.push(subscription.to_vec());
+        }
     }
 
     /// Remove a subscription from local tracking.
     pub(crate) fn forget_subscription(&self, subscription: &[u8]) {
-        self.subs.lock().remove(subscription);
+        self.subs.lock().retain(|s| s != subscription);
     }
 
     /// Parse a ZMTP subscription message and update local subscription state.
