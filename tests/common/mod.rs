@@ -8,51 +8,8 @@ use std::time::{Duration, Instant};
 
 use mlmesh::{Config, Node, NodeHandle, NodeId};
 
-/// Every wait in these tests ends by this much, at the latest, unless it says otherwise.
-pub const WAIT: Duration = Duration::from_secs(10);
-
-/// Logs to the test output when `MLMESH_LOG` is set (e.g. `MLMESH_LOG=mlmesh=debug`).
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MLMESH_LOG")
-                .unwrap_or_else(|_| "off".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// A mesh name no other test uses, so tests running at once never see each other.
-pub fn unique_mesh() -> String {
-    format!("t{}", &NodeId::new().0.simple().to_string()[20..])
-}
-
-/// Loopback, mDNS off, ephemeral ports, a short heartbeat so liveness tests are quick.
-pub fn local(name: &str, mesh: &str) -> Config {
-    let mut c = Config::local(name, mesh);
-    c.liveness.heartbeat_ms = 200;
-    c
-}
-
-/// The same, with `seed` as the only seed.
-pub fn seeded(name: &str, mesh: &str, seed: &NodeHandle) -> Config {
-    let mut c = local(name, mesh);
-    c.discovery.seeds = vec![seed.endpoints().rpc.clone()];
-    c.discovery.seed_interval_ms = 200;
-    c
-}
-
-/// Polls `cond` every 10 ms until it holds; panics naming `what` after `timeout`.
-pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+mod base;
+pub use base::*;
 
 /// Waits until `node` lists exactly `n` peers, all of them alive.
 pub async fn wait_peers(node: &NodeHandle, n: usize) {
@@ -159,69 +116,6 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).map(|n| n.parse().unwrap_or(0)))
         })
         .unwrap_or(0)
-}
-
-/// Awaits `fut`, panicking naming `what` if it takes longer than `timeout`: a bounded
-/// wait for a join handle, a shutdown or a batch of calls.
-pub async fn within<F: std::future::Future>(what: &str, timeout: Duration, fut: F) -> F::Output {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
-    }
-}
-
-/// Checks `cond` every 10 ms for `period` and panics naming `what` if it ever holds: the
-/// bounded way to show that something does not happen.
-pub async fn never(what: &str, period: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < period {
-        assert!(!cond(), "{what} happened after {:?}", start.elapsed());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The next peer event that `pred` accepts (others are skipped); panics naming `what`
-/// after `timeout`.
-pub async fn next_peer_event(
-    events: &mut tokio::sync::broadcast::Receiver<mlmesh::PeerEvent>,
-    what: &str,
-    timeout: Duration,
-    mut pred: impl FnMut(&mlmesh::PeerEvent) -> bool,
-) -> mlmesh::PeerEvent {
-    use tokio::sync::broadcast::error::RecvError;
-    within(what, timeout, async {
-        loop {
-            match events.recv().await {
-                Ok(ev) if pred(&ev) => return ev,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => panic!("peer events closed while waiting for {what}"),
-            }
-        }
-    })
-    .await
-}
-
-/// Publishes `probe` from `publisher` every 50 ms until `sub` receives it from that
-/// node, discarding anything else `sub` holds. ZeroMQ connects a SUB asynchronously and
-/// a PUB drops what it has no subscriber for yet (the slow joiner), so event tests call
-/// this before the events they count.
-pub async fn sync_events(publisher: &NodeHandle, sub: &mut mlmesh::Subscription, probe: &str) {
-    let what = format!("{probe} from {} to arrive", publisher.name());
-    within(&what, WAIT, async {
-        loop {
-            publisher
-                .publish(probe, &())
-                .await
-                .expect("probe published");
-            let until = tokio::time::Instant::now() + Duration::from_millis(50);
-            while let Ok(Some(ev)) = tokio::time::timeout_at(until, sub.recv()).await {
-                if ev.topic().as_str() == probe && ev.source() == publisher.id() {
-                    return;
-                }
-            }
-        }
-    })
-    .await
 }
 
 // ---------------------------------------------------------------------------------------

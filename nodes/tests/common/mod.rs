@@ -15,65 +15,17 @@ mod backend;
 pub use backend::*;
 pub mod hosts; // hosts as network namespaces on a bridge: the fault tests' harness
 
-/// Every wait in these tests ends by this much, at the latest, unless it says otherwise.
-pub const WAIT: Duration = Duration::from_secs(10);
-
-/// Logs to the test output when `MLMESH_LOG` is set.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MLMESH_LOG")
-                .unwrap_or_else(|_| "off".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// A mesh name no other test uses.
-pub fn unique_mesh() -> String {
-    format!("t{}", &NodeId::new().0.simple().to_string()[20..])
-}
-
-/// Loopback, mDNS off, ephemeral ports, a 200 ms heartbeat so liveness tests are quick.
-pub fn local(name: &str, mesh: &str) -> Config {
-    let mut c = Config::local(name, mesh);
-    c.liveness.heartbeat_ms = 200;
-    c
-}
-
-/// The same, with `seed` as the only seed.
-pub fn seeded(name: &str, mesh: &str, seed: &NodeHandle) -> Config {
-    let mut c = local(name, mesh);
-    c.discovery.seeds = vec![seed.endpoints().rpc.clone()];
-    c.discovery.seed_interval_ms = 200;
-    c
-}
+// The workspace's base harness (configs, unique meshes, bounded waits), shared with the
+// runtime's own tests.
+#[path = "../../../tests/common/base.rs"]
+mod base;
+pub use base::*;
 
 /// A store in `dir`.
 pub fn store_section(dir: &Path) -> StoreSection {
     StoreSection {
         data_dir: dir.to_path_buf(),
         ..StoreSection::default()
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds; panics naming `what` after `timeout`.
-pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Awaits `fut`, panicking naming `what` if it takes longer than `timeout`.
-pub async fn within<F: std::future::Future>(what: &str, timeout: Duration, fut: F) -> F::Output {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
     }
 }
 
@@ -187,29 +139,6 @@ impl Drop for NodeProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Publishes `probe` from `publisher` every 50 ms until `sub` receives it, discarding
-/// anything else `sub` holds: ZeroMQ connects a SUB asynchronously and a PUB drops what
-/// it has no subscriber for yet, so event tests call this before the events they count.
-/// `sub`'s pattern must match `probe`.
-pub async fn sync_events(publisher: &NodeHandle, sub: &mut mlmesh::Subscription, probe: &str) {
-    let what = format!("{probe} from {} to arrive", publisher.name());
-    within(&what, WAIT, async {
-        loop {
-            publisher
-                .publish(probe, &())
-                .await
-                .expect("probe published");
-            let until = tokio::time::Instant::now() + Duration::from_millis(50);
-            while let Ok(Some(ev)) = tokio::time::timeout_at(until, sub.recv()).await {
-                if ev.topic().as_str() == probe && ev.source() == publisher.id() {
-                    return;
-                }
-            }
-        }
-    })
-    .await
 }
 
 /// The next event of `sub` whose topic is `topic`, skipping others; panics after [`WAIT`].
