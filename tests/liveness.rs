@@ -455,3 +455,78 @@ async fn peers_never_lists_a_node_that_is_gone() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// A crashed node replaced by another (a new id) at the same ports, before the first
+/// expires: the observer's SUB socket for the dead node reconnects by itself to the
+/// same address, where the new node now publishes. The dead node must still leave the
+/// table within its expiry (the new node's traffic is not its traffic), and each event of
+/// the new node must arrive once, not once per SUB socket that reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_at_a_crashed_nodes_ports_neither_revives_it_nor_doubles_events() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let observer = plain(local("observer", &mesh)).await;
+    let mut events = observer.subscribe("model.**").expect("pattern");
+    // A 1 s heartbeat: the observer gives the dead node a second after its connection
+    // drops, which is ample time for the new node to take the ports.
+    let mut first = seeded("first", &mesh, &observer);
+    first.liveness.heartbeat_ms = 1000;
+    let first = plain(first).await;
+    let old_id = first.id();
+    let ports = first.endpoints().clone();
+    wait_until("the observer to list the first node", WAIT, || {
+        entry(&observer, old_id).is_some()
+    })
+    .await;
+    // Let the observer's SUB for `first` connect and subscribe.
+    sync_events(&first, &mut events, "model.probe").await;
+    drop(first); // no goodbye
+    let mut config = seeded("second", &mesh, &observer);
+    config.network.pub_port = port(&ports.publish);
+    config.network.rpc_port = port(&ports.rpc);
+    let second = within("the second node to bind the first's ports", WAIT, async {
+        loop {
+            match Node::builder(config.clone()).spawn().await {
+                Ok(node) => return node,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(second.endpoints().publish, ports.publish);
+    wait_until("the observer to list the second node", WAIT, || {
+        entry(&observer, second.id()).is_some_and(|p| p.state == PeerState::Alive)
+    })
+    .await;
+    wait_until(
+        "the dead first node to leave",
+        Duration::from_secs(4),
+        || entry(&observer, old_id).is_none(),
+    )
+    .await;
+    sync_events(&second, &mut events, "model.probe").await;
+    for i in 0..50u32 {
+        second.publish("model.loaded", &i).await.expect("published");
+    }
+    let mut seen = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
+        if ev.topic().as_str() == "model.loaded" {
+            seen.push(ev.decode::<u32>().expect("a number"));
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..50).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    second.shutdown().await;
+    observer.shutdown().await;
+}
+
+fn port(endpoint: &str) -> u16 {
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("tcp://host:port")
+}

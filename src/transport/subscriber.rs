@@ -137,13 +137,23 @@ fn receive(
             return 0;
         }
     };
-    live.touch();
     let mut delivered = 0;
     for env in envelopes {
         let Body::Event { seq } = env.body else {
             bump(&inner.counters.frames_rejected, 1);
             continue;
         };
+        if env.source != peer {
+            // Another node publishes at this peer's address: the peer died and a new
+            // process took its ports, and this SUB reconnected to it (zmq.rs SUBs
+            // reconnect by themselves). Its traffic is not the peer's, so it neither
+            // keeps the peer alive nor is delivered here (it arrives on the new node's
+            // own SUB once that node is admitted, and would arrive twice).
+            bump(&inner.counters.frames_rejected, 1);
+            tracing::debug!(%peer, source = %env.source, "event from another node at a peer's address dropped");
+            continue;
+        }
+        live.touch();
         if env.topic.as_str() == sys::HEARTBEAT {
             if let Ok(hb) = from_payload::<Heartbeat>(&env.data) {
                 live.set_interval(hb.interval_ms);
