@@ -4,9 +4,11 @@
 //! A record or a seed only names a *candidate*. mDNS records of crashed nodes linger
 //! for 120 s and resolves repeat, so a peer joins when it answers, from this mesh and
 //! with this protocol version. Its answer lists the peers it knows, which become
-//! candidates too: one seed introduces the whole mesh.
+//! candidates too: one seed introduces the whole mesh. A peer that expired for silence
+//! stays a candidate for a while ([`rejoin`]), since mDNS would not name it again.
 
 pub(crate) mod mdns;
+pub(crate) mod rejoin;
 mod seeds;
 
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub(crate) fn start(inner: &Arc<Inner>) -> Result<(), BuildError> {
     if !inner.config.discovery.seeds.is_empty() {
         inner.tasks.spawn(seeds::run(inner.clone()));
     }
+    inner.tasks.spawn(rejoin::run(inner.clone()));
     Ok(())
 }
 
@@ -130,6 +133,7 @@ async fn describe(inner: &Arc<Inner>, endpoint: &str) -> Result<Describe, String
 
 /// Puts a described node in the table (or refreshes it) and wires up its sockets.
 fn admit(inner: &Arc<Inner>, endpoint: &str, mut d: Describe, via: Via) {
+    inner.rejoin.answered(endpoint, &d.id);
     if d.id == inner.id {
         inner.clients.remove(endpoint);
         return;

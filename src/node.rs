@@ -250,6 +250,8 @@ pub(crate) struct Inner {
     /// Endpoints with a `sys.describe` call under way.
     pub(crate) describing: Mutex<std::collections::HashSet<String>>,
     pub(crate) mdns: Mutex<Option<discovery::mdns::Mdns>>,
+    /// Peers that expired for silence, looked for again.
+    pub(crate) rejoin: discovery::rejoin::Rejoin,
     /// The applications' guard, so that handles made inside the node share it.
     guard: std::sync::OnceLock<std::sync::Weak<Guard>>,
 }
@@ -606,6 +608,7 @@ impl NodeBuilder {
             sub_tasks: Mutex::new(HashMap::new()),
             describing: Mutex::default(),
             mdns: Mutex::new(None),
+            rejoin: Default::default(),
             guard: std::sync::OnceLock::new(),
             config,
         });
@@ -678,8 +681,11 @@ async fn liveness(inner: Arc<Inner>) {
             _ = inner.cancel.cancelled() => return,
             _ = tick.tick() => {
                 let sweep = inner.peers().sweep();
-                for (id, endpoints) in &sweep.removed {
-                    inner.drop_peer(*id, endpoints, false);
+                for gone in sweep.removed {
+                    inner.drop_peer(gone.id, &gone.endpoints, false);
+                    // Silence is not a goodbye: it may be back (a healed partition, a
+                    // thawed process), and mDNS alone would not say so.
+                    inner.rejoin.remember(gone.id, gone.endpoints.rpc, gone.via, Instant::now());
                 }
                 for event in sweep.events {
                     inner.emit(event);

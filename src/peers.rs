@@ -204,7 +204,15 @@ const STALL_MS: u64 = 250;
 #[derive(Debug, Default)]
 pub(crate) struct Sweep {
     pub(crate) events: Vec<PeerEvent>,
-    pub(crate) removed: Vec<(NodeId, Endpoints)>,
+    pub(crate) removed: Vec<Expired>,
+}
+
+/// A peer removed for silence: what is needed to tear it down and to look for it again.
+#[derive(Debug)]
+pub(crate) struct Expired {
+    pub(crate) id: NodeId,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) via: Via,
 }
 
 impl PeerTable {
@@ -316,7 +324,11 @@ impl PeerTable {
             let gone_after = if dropped { interval } else { 3 * interval };
             if silence > gone_after {
                 out.events.push(PeerEvent::Left(*id, LeftReason::Expired));
-                out.removed.push((*id, peer.describe.endpoints.clone()));
+                out.removed.push(Expired {
+                    id: *id,
+                    endpoints: peer.describe.endpoints.clone(),
+                    via: peer.via,
+                });
                 return false;
             }
             let suspect = silence > 2 * interval || dropped;

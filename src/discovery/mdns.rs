@@ -153,8 +153,14 @@ async fn browse(inner: Arc<Inner>, events: mdns_sd::Receiver<ServiceEvent>) {
                 let Some(addr) = addrs.first() else { continue };
                 names.insert(svc.get_fullname().to_owned(), id);
                 let endpoint = format!("tcp://{addr}:{}", svc.get_port());
+                inner
+                    .rejoin
+                    .resolved(&id, &endpoint, std::time::Instant::now());
+                // A peer that expired is not in the table, so it is described again.
                 super::consider(&inner, endpoint, Via::Mdns, Some(id), false);
             }
+            // A goodbye, or a record that lapsed unanswered: either way the node is
+            // not looked for again (`goodbye` also forgets it as a candidate).
             ServiceEvent::ServiceRemoved(_, fullname) => {
                 if let Some(id) = names.remove(&fullname) {
                     goodbye(&inner, id);

@@ -176,8 +176,10 @@ fn receive(
     delivered
 }
 
-/// The peer said it is leaving: remove it now rather than after three intervals.
+/// The peer said it is leaving: remove it now rather than after three intervals, and
+/// never look for it again (it may have expired for silence before its goodbye came).
 pub(crate) fn goodbye(inner: &Inner, peer: NodeId) {
+    inner.rejoin.forget(&peer);
     let removed = inner.peers().remove(&peer);
     if let Some(endpoints) = removed {
         inner.drop_peer(peer, &endpoints, true);
