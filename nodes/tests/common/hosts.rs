@@ -365,8 +365,9 @@ pub struct Lab {
     /// A fresh mesh name for this run.
     pub mesh: String,
     /// The heartbeat of the tests' nodes: 1000 ms (the default; gone after 3 s of
-    /// silence) over mDNS, where a node dropped by mistake under load does not come back
-    /// (RELIABILITY.md, finding 1); 500 ms with seeds, which heal such a drop.
+    /// silence) over mDNS, where a node dropped by mistake under load comes back only
+    /// through the runtime's second look at peers dropped for silence (RELIABILITY.md,
+    /// finding 1); 500 ms with seeds, whose ticks heal such a drop.
     pub heartbeat_ms: u32,
     /// Where children's stderr files and stores go; removed with the lab's last clone.
     pub dir: Arc<tempfile::TempDir>,
