@@ -1331,12 +1331,13 @@ fn a_thawed_tracker_crashes_no_live_run() {
 
 /// RELIABILITY.md, finding 1 (fixed): over mDNS alone, a tracker frozen for more than
 /// three heartbeats is dropped by every peer; nothing used to make them describe it
-/// again once thawed. They now look for it again while its mDNS record lives.
+/// again once thawed. They now look for it again while its mDNS record lives. The
+/// live owner's run must still be RUNNING afterwards (finding 3, fixed).
 #[test]
 fn a_frozen_tracker_rejoins_over_mdns() {
     const T: &str = "a_frozen_tracker_rejoins_over_mdns";
     on_lan(T, 4, Discovery::Mdns, Duration::from_secs(90), |lab| {
-        frozen(T, lab, false)
+        frozen(T, lab, true)
     });
 }
 
