@@ -36,8 +36,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// How long a candidate is kept: the TTL of the mDNS records that name a node (SRV and
-/// A), after which mdns-sd forgets a node that stopped answering and would report it
-/// anew, as a resolution, once it answers again.
+/// A). By then mdns-sd has let the record of a node that stopped answering lapse (and
+/// said so, which ends the candidate sooner), and reports it anew, as a resolution,
+/// when it next hears it.
 const KEEP_FOR: Duration = Duration::from_secs(120);
 
 /// A peer dropped for silence, to be described again.
@@ -149,8 +150,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     loop {
         let (due, next) = inner.rejoin.due(Instant::now());
         for (id, endpoint, via) in due {
-            // Skipped while a describe of that endpoint is under way; a peer back in the
-            // table is forgotten by `admit`, so a candidate found there is stale.
+            // Skipped while a describe of that endpoint is under way, and for a peer
+            // already back in the table there (`admit` forgets it as a candidate).
             super::consider(&inner, endpoint, via, Some(id), false);
         }
         let wait = async {
