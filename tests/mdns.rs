@@ -361,6 +361,54 @@ fn a_crashed_node_leaves_and_its_lingering_record_does_not_bring_it_back() {
     );
 }
 
+/// A node frozen (SIGSTOP) for longer than three heartbeats is dropped by its peers.
+/// Thawed, it must be back in their tables: its mDNS record never left their caches, so
+/// mdns-sd never resolves it again, and only their second look at peers dropped for
+/// silence finds it (SPEC 6.5; before it, the node was never taken back).
+#[test]
+fn a_frozen_node_is_taken_back_over_mdns_once_thawed() {
+    in_namespaces(
+        "a_frozen_node_is_taken_back_over_mdns_once_thawed",
+        Setup::Loopback,
+        |_| async {
+            let mesh = unique_mesh();
+            let (a, b) = (loopback_node("a", &mesh), loopback_node("b", &mesh));
+            let sleeper = loopback_node("sleeper", &mesh);
+            let all = [&a, &b, &sleeper];
+            wait_views("all three to see the other two", WAIT, &all, &others(&all)).await;
+
+            let stopped = Instant::now();
+            unsafe_free_signal(sleeper.child.id(), "STOP");
+            let awake = [&a, &b];
+            wait_views(
+                "the others to drop the frozen node",
+                WAIT,
+                &awake,
+                &others(&awake),
+            )
+            .await;
+            let dropped = stopped.elapsed();
+            // Frozen a while longer: the peers' first describes of it go unanswered.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let thawed = Instant::now();
+            unsafe_free_signal(sleeper.child.id(), "CONT");
+            wait_views(
+                "every table to list the thawed node again",
+                WAIT,
+                &all,
+                &others(&all),
+            )
+            .await;
+            println!(
+                "MEASURE mdns frozen node (1 s heartbeat) dropped {:.0} ms after SIGSTOP; \
+                 in every table again {:.0} ms after SIGCONT",
+                dropped.as_secs_f64() * 1e3,
+                thawed.elapsed().as_secs_f64() * 1e3
+            );
+        },
+    );
+}
+
 #[test]
 fn nodes_on_two_hosts_find_each_other_across_a_bridge() {
     in_namespaces(
