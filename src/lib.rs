@@ -10,7 +10,8 @@
 //! - [`config`]: [`Config`], loaded from defaults < TOML file < `MLMESH_*` environment.
 //! - `node`: [`Node::builder`] registers handlers and spawns a [`NodeHandle`].
 //! - `peers`: the peer table and liveness (alive, suspect, gone) from heartbeats.
-//! - `discovery`: mDNS and seeds; both end in a `sys.describe` call.
+//! - `discovery`: mDNS and seeds; both end in a `sys.describe` call. Peers dropped for
+//!   silence are described again while their mDNS record lives (`discovery::rejoin`).
 //! - `transport`: the bounded publish queue in front of PUB, a SUB per peer, the
 //!   ROUTER server with bounded concurrency, a DEALER client per peer.
 //! - `rpc`: routing (least outstanding), deadlines, retries, broadcast.
