@@ -22,8 +22,9 @@
 //!
 //! ```text
 //! cargo build --bin mlmesh-node      # the light node (cargo test --workspace builds it)
-//! cargo test -p mlmesh-nodes --test faults -- --nocapture     # ~1.5 min; MEASURE lines
+//! cargo test -p mlmesh-nodes --test faults -- --nocapture     # ~3 min; MEASURE lines
 //! MLMESH_SOAK=10 cargo test -p mlmesh-nodes --test faults -- --nocapture   # the soak
+//! cargo test -p mlmesh-nodes --test faults -- --ignored --nocapture   # a cut past the mDNS TTL, 3.5 min
 //! ```
 //! Needs root, iproute2 and libfaketime (apt package `faketime`). What was tried and
 //! what held, with the numbers of the runs: RELIABILITY.md.
