@@ -361,6 +361,80 @@ fn a_crashed_node_leaves_and_its_lingering_record_does_not_bring_it_back() {
     );
 }
 
+/// An mDNS removal alone does not remove a live peer (SPEC 6.2): multicast can fail, or
+/// a record lapse, while the node and its TCP links are fine. A goodbye for a live node's
+/// record (a PTR with TTL 0, as a node unregistering sends) makes its peers' mdns-sd
+/// report it removed; the node keeps its heartbeats going and must stay in their tables.
+#[test]
+fn an_mdns_removal_alone_does_not_remove_a_live_peer() {
+    in_namespaces(
+        "an_mdns_removal_alone_does_not_remove_a_live_peer",
+        Setup::Loopback,
+        |_| async {
+            let mesh = unique_mesh();
+            let mut browser = Browser::new("lo");
+            let (a, b) = (loopback_node("a", &mesh), loopback_node("b", &mesh));
+            let both = [&a, &b];
+            wait_views("a and b to see each other", WAIT, &both, &others(&both)).await;
+            wait_until("the browser to resolve b", WAIT, || {
+                browser.drain().instance_of(b.id).is_some()
+            })
+            .await;
+            let record = browser.instance_of(b.id).expect("b's record");
+            send_goodbye(&record);
+            wait_until("mdns-sd to report b's record removed", WAIT, || {
+                browser.drain().removed.contains(&record)
+            })
+            .await;
+            // Removals reach every browser on the link alike; a has had it too. b's
+            // heartbeats go on: it must stay, for longer than an interval.
+            let until = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < until {
+                let view = views(&[&a])
+                    .await
+                    .pop()
+                    .flatten()
+                    .expect("a answers describe");
+                assert!(view.contains(&b.id), "a dropped b on an mDNS removal alone");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    );
+}
+
+/// Multicasts on `lo` an mDNS response that says goodbye to `instance`: the PTR
+/// `_mlmesh._tcp.local. -> instance` with TTL 0 (RFC 6762, 10.1).
+fn send_goodbye(instance: &str) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    fn name(out: &mut Vec<u8>, dotted: &str) {
+        for label in dotted.trim_end_matches('.').split('.') {
+            out.push(label.len() as u8);
+            out.extend_from_slice(label.as_bytes());
+        }
+        out.push(0);
+    }
+    // Header: id 0, flags "response, authoritative", one answer.
+    let mut msg = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    name(&mut msg, MDNS_SERVICE_TYPE);
+    msg.extend_from_slice(&[0, 12, 0, 1, 0, 0, 0, 0]); // PTR, IN, TTL 0
+    let mut rdata = Vec::new();
+    name(&mut rdata, instance);
+    msg.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&rdata);
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("udp socket");
+    // mDNS receivers ignore responses whose source port is not 5353 (RFC 6762, 11).
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.set_reuse_port(true).expect("SO_REUSEPORT");
+    let from = std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 5353);
+    socket.bind(&from.into()).expect("bound to port 5353");
+    socket
+        .set_multicast_if_v4(&std::net::Ipv4Addr::LOCALHOST)
+        .expect("multicast on lo");
+    socket.set_multicast_loop_v4(true).expect("multicast loop");
+    let to = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(224, 0, 0, 251), 5353);
+    socket.send_to(&msg, &to.into()).expect("goodbye sent");
+}
+
 /// A node frozen (SIGSTOP) for longer than three heartbeats is dropped by its peers.
 /// Thawed, it must be back in their tables: its mDNS record never left their caches, so
 /// mdns-sd never resolves it again, and only their second look at peers dropped for

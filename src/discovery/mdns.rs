@@ -15,7 +15,6 @@ use mlmesh_protocol::{NodeId, MDNS_SERVICE_TYPE, PROTOCOL_VERSION};
 
 use crate::node::{BuildError, Inner};
 use crate::peers::Via;
-use crate::transport::subscriber::goodbye;
 
 /// The running mDNS daemon and this node's record.
 pub(crate) struct Mdns {
@@ -159,11 +158,17 @@ async fn browse(inner: Arc<Inner>, events: mdns_sd::Receiver<ServiceEvent>) {
                 // A peer that expired is not in the table, so it is described again.
                 super::consider(&inner, endpoint, Via::Mdns, Some(id), false);
             }
-            // A goodbye, or a record that lapsed unanswered: either way the node is
-            // not looked for again (`goodbye` also forgets it as a candidate).
+            // An mDNS goodbye, or a record that lapsed unanswered: the node is not
+            // looked for again, but a removal alone does not remove a live peer (SPEC
+            // 6.2; multicast can fail while its TCP links work): it is held to one
+            // interval of silence, as after a dropped connection, and traffic keeps it.
+            // A node that leaves says so in its last heartbeat.
             ServiceEvent::ServiceRemoved(_, fullname) => {
                 if let Some(id) = names.remove(&fullname) {
-                    goodbye(&inner, id);
+                    inner.rejoin.forget(&id);
+                    if let Some(live) = inner.peers().liveness(&id) {
+                        live.mark_disconnected();
+                    }
                 }
             }
             _ => {}
