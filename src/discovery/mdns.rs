@@ -158,18 +158,13 @@ async fn browse(inner: Arc<Inner>, events: mdns_sd::Receiver<ServiceEvent>) {
                 // A peer that expired is not in the table, so it is described again.
                 super::consider(&inner, endpoint, Via::Mdns, Some(id), false);
             }
-            // An mDNS goodbye, or a record that lapsed unanswered: the node is not
-            // looked for again, but a removal alone does not remove a live peer (SPEC
-            // 6.2; multicast can fail while its TCP links work): it is held to one
-            // interval of silence, as after a dropped connection, and traffic keeps it.
-            // A node that leaves says so in its last heartbeat.
+            // An mDNS goodbye, or a record that lapsed unanswered (as a partition
+            // longer than its TTL lapses it too). Neither removes a live peer nor ends
+            // the search for one dropped for silence (SPEC 6.2, 6.5): multicast can fail
+            // while a node and its TCP links are fine, so liveness alone decides. A node
+            // that leaves says so in its last heartbeat.
             ServiceEvent::ServiceRemoved(_, fullname) => {
-                if let Some(id) = names.remove(&fullname) {
-                    inner.rejoin.forget(&id);
-                    if let Some(live) = inner.peers().liveness(&id) {
-                        live.mark_disconnected();
-                    }
-                }
+                names.remove(&fullname);
             }
             _ => {}
         }

@@ -6,9 +6,10 @@
 //! cached (known-answer suppression keeps it from being re-sent, TTL refreshes are not
 //! reported) is never resolved again. So a peer found over mDNS or introduced by
 //! another peer is kept, when it expires, as a *candidate*: described again with a
-//! backoff for as long as its mDNS record can live (the record TTL, 120 s), until it or
-//! another node answers at its endpoint, it says goodbye, or mDNS reports its record
-//! removed. A peer that said goodbye is never a candidate.
+//! backoff for a bounded time, until it or another node answers at its endpoint or it
+//! says goodbye. Its mDNS record lapsing does not end the search: a partition longer
+//! than the record's TTL lapses it too, though the node lives. A peer that said goodbye
+//! is never a candidate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,21 +32,30 @@ const MAX_CANDIDATES: usize = 64;
 /// freeze is over by then.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 
-/// The longest wait between two describes of a candidate: a healed partition is seen
-/// within about this (plus a describe), as with seeds at their default interval.
+/// The longest wait between two describes of a candidate while its mDNS record could
+/// still be cached (the record TTL): a healed partition is seen within about this (plus
+/// a describe), as with seeds at their default interval.
 const MAX_RETRY: Duration = Duration::from_secs(2);
 
-/// How long a candidate is kept: the TTL of the mDNS records that name a node (SRV and
-/// A). By then mdns-sd has let the record of a node that stopped answering lapse (and
-/// said so, which ends the candidate sooner), and reports it anew, as a resolution,
-/// when it next hears it.
-const KEEP_FOR: Duration = Duration::from_secs(120);
+/// The record TTL of the mDNS records that name a node (SRV and A).
+const RECORD_TTL: Duration = Duration::from_secs(120);
+
+/// The longest wait between two describes after that: a longer partition heals within
+/// about this, and a node that is really gone costs one failed connect this often.
+const LATE_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a candidate is kept. Past the record TTL mDNS has let the record of a node
+/// that did not answer lapse, whether the node is gone or only cut off; the search goes
+/// on, slower, for a partition of up to this long.
+const KEEP_FOR: Duration = Duration::from_secs(600);
 
 /// A peer dropped for silence, to be described again.
 #[derive(Debug)]
 struct Candidate {
     endpoint: String,
     via: Via,
+    /// When it was dropped, or its record last resolved.
+    since: Instant,
     /// When to describe it next.
     next: Instant,
     /// The wait after that.
@@ -87,6 +97,7 @@ impl Rejoin {
             Candidate {
                 endpoint,
                 via,
+                since: now,
                 next: now + FIRST_RETRY,
                 backoff: FIRST_RETRY,
                 until: now + KEEP_FOR,
@@ -96,7 +107,7 @@ impl Rejoin {
         self.changed.notify_one();
     }
 
-    /// Forgets a candidate: it said goodbye, or mDNS reported its record removed.
+    /// Forgets a candidate: it said goodbye.
     pub(crate) fn forget(&self, id: &NodeId) {
         self.candidates().remove(id);
     }
@@ -116,6 +127,7 @@ impl Rejoin {
     pub(crate) fn resolved(&self, id: &NodeId, endpoint: &str, now: Instant) {
         if let Some(c) = self.candidates().get_mut(id) {
             endpoint.clone_into(&mut c.endpoint);
+            c.since = now;
             c.next = now + FIRST_RETRY;
             c.backoff = FIRST_RETRY;
             c.until = now + KEEP_FOR;
@@ -131,7 +143,12 @@ impl Rejoin {
         for (id, c) in candidates.iter_mut() {
             if c.next <= now {
                 due.push((*id, c.endpoint.clone(), c.via));
-                c.backoff = (c.backoff * 2).min(MAX_RETRY);
+                let cap = if now < c.since + RECORD_TTL {
+                    MAX_RETRY
+                } else {
+                    LATE_RETRY
+                };
+                c.backoff = (c.backoff * 2).min(cap);
                 c.next = now + c.backoff;
             }
         }
@@ -199,7 +216,20 @@ mod tests {
             gaps[..4],
             [500, 1000, 2000, 2000].map(Duration::from_millis)
         );
-        assert!(gaps.iter().all(|g| *g <= MAX_RETRY));
+        // 2 s apart while the record could live, 5 s apart after.
+        let in_ttl = gaps.iter().scan(Duration::ZERO, |t, g| {
+            *t += *g;
+            Some((*t, *g))
+        });
+        for (t, g) in in_ttl {
+            let cap = if t <= RECORD_TTL + FIRST_RETRY {
+                MAX_RETRY
+            } else {
+                LATE_RETRY
+            };
+            assert!(g <= cap, "a {g:?} gap {t:?} in");
+        }
+        assert!(gaps.contains(&LATE_RETRY), "slower after the record TTL");
         let (due, next) = r.due(t0 + KEEP_FOR);
         assert!(
             due.is_empty() && next.is_none(),
@@ -251,7 +281,7 @@ mod tests {
         assert_eq!(
             due,
             vec![(id, ep(9), Via::Mdns)],
-            "kept a TTL from the resolution"
+            "kept KEEP_FOR from the resolution"
         );
     }
 
