@@ -11,7 +11,8 @@
 //! - `node`: [`Node::builder`] registers handlers and spawns a [`NodeHandle`].
 //! - `peers`: the peer table and liveness (alive, suspect, gone) from heartbeats.
 //! - `discovery`: mDNS and seeds; both end in a `sys.describe` call. Peers dropped for
-//!   silence are described again while their mDNS record lives (`discovery::rejoin`).
+//!   silence are described again for ten minutes, whatever their mDNS record does
+//!   (`discovery::rejoin`).
 //! - `transport`: the bounded publish queue in front of PUB, a SUB per peer, the
 //!   ROUTER server with bounded concurrency, a DEALER client per peer.
 //! - `rpc`: routing (least outstanding), deadlines, retries, broadcast.
