@@ -227,7 +227,19 @@ impl Config {
             builder = builder.set_default(section, defaults.cache)?;
         }
         if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
+            // Read here, as TOML whatever its name: `node.conf`, `/dev/null` for no
+            // settings, or a pipe (`--config <(...)`), which `config` takes for missing.
+            let in_file = |e: &dyn std::fmt::Display| {
+                config::ConfigError::Message(format!("configuration file {}: {e}", path.display()))
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| in_file(&e))?;
+            let file = config::File::from_str(&text, config::FileFormat::Toml);
+            // Parsed alone first, so that a syntax error names the file.
+            config::Config::builder()
+                .add_source(file.clone())
+                .build()
+                .map_err(|e| in_file(&e))?;
+            builder = builder.add_source(file);
         }
         // Only `MLMESH_SECTION__FIELD` variables are configuration; others with the
         // prefix (MLMESH_LOG, MLMESH_PYTHON, ...) belong to binaries and tools.
@@ -459,6 +471,17 @@ mod tests {
             "[node]\nname = \"from-file\"\n[liveness]\nheartbeat_ms = 500\n",
         )
         .expect("write config");
+        // Any name is read as TOML, an empty file as no settings.
+        let conf = dir.path().join("node.conf");
+        std::fs::write(&conf, "[liveness]\nheartbeat_ms = 700\n").expect("write config");
+        let plain = Config::load(Some(&conf)).expect("a config named node.conf");
+        assert_eq!(plain.liveness.heartbeat_ms, 700);
+        let empty = Config::load(Some(Path::new("/dev/null"))).expect("an empty config");
+        assert_eq!(empty, Config::default());
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "[node\n").expect("write config");
+        let err = Config::load(Some(&broken)).expect_err("a syntax error");
+        assert!(err.to_string().contains("broken.toml"), "{err}");
         std::env::set_var("MLMESH_NODE__NAME", "from-env");
         std::env::set_var("MLMESH_LOG", "debug"); // not configuration: ignored
         std::env::set_var(
