@@ -3,6 +3,9 @@
 //! `nodes/tests/common/mod.rs`.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+use std::io::Read;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mlmesh::{Config, NodeHandle, NodeId};
@@ -114,4 +117,61 @@ pub async fn next_peer_event(
         }
     })
     .await
+}
+
+/// Runs `cmd`, a test binary re-run with `--exact test` inside the network namespace
+/// `ns` (stdout and stderr piped), until it exits or `timeout` passes, then calls
+/// `on_timeout` to kill what it left behind. Prints its output, panics unless `test`
+/// passed in it, and returns its stdout.
+pub fn run_inner_test(
+    mut cmd: Command,
+    ns: &str,
+    test: &str,
+    timeout: Duration,
+    on_timeout: impl FnOnce(),
+) -> String {
+    let mut child = cmd.spawn().expect("ip netns exec starts");
+    // Read without joining: node processes the run leaves behind may hold the pipes.
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                b.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        buf
+    };
+    let out = collect(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = collect(Box::new(child.stderr.take().expect("piped stderr")));
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            on_timeout();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let text = |b: &Arc<Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    };
+    let (stdout, stderr) = (text(&out), text(&err));
+    println!("--- {test} inside {ns}: stdout ---\n{stdout}");
+    println!("--- {test} inside {ns}: stderr ---\n{stderr}");
+    let status = status.unwrap_or_else(|| panic!("{test} inside {ns} ran over {timeout:?}"));
+    assert!(status.success(), "{test} failed inside {ns} ({status})");
+    assert!(
+        stdout.contains("1 passed"),
+        "the re-run inside {ns} ran no test named {test}"
+    );
+    stdout
 }

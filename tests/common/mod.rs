@@ -294,68 +294,16 @@ pub fn inside_netns() -> Option<String> {
 /// panics unless that run passes within `timeout` (killing what it left in `ns` if not).
 /// Returns its stdout.
 pub fn rerun_inside(ns: &NetNs, test: &str, value: &str, timeout: Duration) -> String {
-    use std::io::Read;
-    use std::sync::{Arc, Mutex};
-
     let exe = std::env::current_exe().expect("path of this test binary");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
         .arg(exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(INSIDE_NETNS, value)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ip netns exec starts");
-    // Read without joining: node processes the run leaves behind may hold the pipes.
-    let collect = |mut r: Box<dyn Read + Send>| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let b = buf.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = r.read(&mut chunk) {
-                b.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(&chunk[..n]);
-            }
-        });
-        buf
-    };
-    let out = collect(Box::new(child.stdout.take().expect("piped stdout")));
-    let err = collect(Box::new(child.stderr.take().expect("piped stderr")));
-    let start = Instant::now();
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            ns.kill_all();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    std::thread::sleep(Duration::from_millis(100));
-    let text = |b: &Arc<Mutex<Vec<u8>>>| {
-        String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    };
-    let (stdout, stderr) = (text(&out), text(&err));
-    println!("--- {test} inside {}: stdout ---\n{stdout}", ns.name);
-    println!("--- {test} inside {}: stderr ---\n{stderr}", ns.name);
-    let status = status.unwrap_or_else(|| panic!("{test} inside {} ran over {timeout:?}", ns.name));
-    assert!(
-        status.success(),
-        "{test} failed inside {} ({status})",
-        ns.name
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the re-run inside {} ran no test named {test}",
-        ns.name
-    );
-    stdout
+        .stderr(Stdio::piped());
+    run_inner_test(cmd, &ns.name, test, timeout, || ns.kill_all())
 }
 
 impl ChildNode {

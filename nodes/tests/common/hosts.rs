@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use mlmesh::protocol::sys::Describe;
 use mlmesh::{Code, Config, NodeId, Status};
 
-use super::WAIT;
+use super::{run_inner_test, WAIT};
 
 /// Set in a test binary that [`on_lan`] re-ran inside host 0; its value describes the
 /// [`Lab`].
@@ -274,11 +274,9 @@ pub fn on_lan<F: Future<Output = ()>>(
 /// `value`; prints its output; panics unless it passes within `timeout` (then kills
 /// everything it left on the hosts).
 fn rerun_inside(lan: &Lan, exe: &Path, test: &str, value: &str, timeout: Duration) {
-    use std::io::Read;
-
     let ns = &lan.hosts[0];
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
         .arg(exe)
         // --include-ignored: the inner run of an ignored test runs it too.
         .args([
@@ -295,58 +293,12 @@ fn rerun_inside(lan: &Lan, exe: &Path, test: &str, value: &str, timeout: Duratio
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ip netns exec starts");
-    // Read without joining: node processes the run leaves behind may hold the pipes.
-    let collect = |mut r: Box<dyn Read + Send>| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let b = buf.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n @ 1..) = r.read(&mut chunk) {
-                b.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(&chunk[..n]);
-            }
-        });
-        buf
-    };
-    let out = collect(Box::new(child.stdout.take().expect("piped stdout")));
-    let err = collect(Box::new(child.stderr.take().expect("piped stderr")));
-    let start = Instant::now();
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break Some(status);
+        .stderr(Stdio::piped());
+    run_inner_test(cmd, &ns.name, test, timeout, || {
+        for h in &lan.hosts {
+            h.kill_all();
         }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            for h in &lan.hosts {
-                h.kill_all();
-            }
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    std::thread::sleep(Duration::from_millis(100));
-    let text = |b: &Arc<Mutex<Vec<u8>>>| {
-        String::from_utf8_lossy(&b.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    };
-    let (stdout, stderr) = (text(&out), text(&err));
-    println!("--- {test} inside {}: stdout ---\n{stdout}", ns.name);
-    println!("--- {test} inside {}: stderr ---\n{stderr}", ns.name);
-    let status = status.unwrap_or_else(|| panic!("{test} inside {} ran over {timeout:?}", ns.name));
-    assert!(
-        status.success(),
-        "{test} failed inside {} ({status})",
-        ns.name
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "the re-run inside {} ran no test named {test}",
-        ns.name
-    );
+    });
 }
 
 // ---------------------------------------------------------------------------------------
