@@ -206,7 +206,7 @@ impl Py {
     }
 
     fn terminate(&mut self) {
-        unsafe_free_signal(self.child.id(), "TERM");
+        signal(self.child.id(), "TERM");
     }
 }
 

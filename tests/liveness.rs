@@ -194,7 +194,7 @@ async fn a_stopped_node_turns_suspect_then_leaves_and_rejoins_when_resumed() {
     // SIGSTOP keeps the process's connections open: only the silence shows.
     let mut events = observer.watch_peers();
     let stopped = Instant::now();
-    unsafe_free_signal(child.child.id(), "STOP");
+    signal(child.child.id(), "STOP");
     let ev = next_peer_event(
         &mut events,
         "the child to turn suspect",
@@ -234,7 +234,7 @@ async fn a_stopped_node_turns_suspect_then_leaves_and_rejoins_when_resumed() {
 
     // Resumed, it re-describes its seed, which admits it again.
     let resumed = Instant::now();
-    unsafe_free_signal(child.child.id(), "CONT");
+    signal(child.child.id(), "CONT");
     next_peer_event(
         &mut events,
         "the child to rejoin",

@@ -386,7 +386,7 @@ fn an_mdns_removal_alone_does_not_remove_a_live_peer() {
             })
             .await;
             let record = browser.instance_of(b.id).expect("b's record");
-            unsafe_free_signal(b.child.id(), "STOP");
+            signal(b.child.id(), "STOP");
             // Caches drop a record 1 s after its goodbye (RFC 6762, 10.1).
             let frozen = Instant::now();
             within("mdns-sd to report b's record removed", WAIT, async {
@@ -396,7 +396,7 @@ fn an_mdns_removal_alone_does_not_remove_a_live_peer() {
                 }
             })
             .await;
-            unsafe_free_signal(b.child.id(), "CONT");
+            signal(b.child.id(), "CONT");
             assert!(
                 frozen.elapsed() < Duration::from_secs(4),
                 "b was held {:?}: too long for this test",
@@ -467,7 +467,7 @@ fn a_frozen_node_is_taken_back_over_mdns_once_thawed() {
             wait_views("all three to see the other two", WAIT, &all, &others(&all)).await;
 
             let stopped = Instant::now();
-            unsafe_free_signal(sleeper.child.id(), "STOP");
+            signal(sleeper.child.id(), "STOP");
             let awake = [&a, &b];
             wait_views(
                 "the others to drop the frozen node",
@@ -480,7 +480,7 @@ fn a_frozen_node_is_taken_back_over_mdns_once_thawed() {
             // Frozen a while longer: the peers' first describes of it go unanswered.
             tokio::time::sleep(Duration::from_secs(2)).await;
             let thawed = Instant::now();
-            unsafe_free_signal(sleeper.child.id(), "CONT");
+            signal(sleeper.child.id(), "CONT");
             wait_views(
                 "every table to list the thawed node again",
                 WAIT,

@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 use std::io::Read;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -174,4 +174,82 @@ pub fn run_inner_test(
         "the re-run inside {ns} ran no test named {test}"
     );
     stdout
+}
+
+/// A network namespace made for one test (`ip netns add`, `lo` up). Dropping it kills,
+/// by pid, every process still inside (the test's own children) and deletes it, also
+/// when the test panics. Needs root and iproute2.
+#[derive(Debug)]
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// A fresh namespace `mlmesh-<tag>-<random>`.
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!(
+            "mlmesh-{tag}-{}",
+            &NodeId::new().0.simple().to_string()[24..]
+        );
+        run_ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME ARGS...`; panics with its stderr if it fails.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run_ip(&all);
+    }
+
+    /// SIGKILLs every process inside.
+    pub fn kill_all(&self) {
+        kill_all_in(&self.name);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// SIGKILLs, by pid, every process in the namespace `name` (as `ip netns pids` lists).
+fn kill_all_in(name: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<u32>() {
+            if pid > 1 && pid != std::process::id() {
+                signal(pid, "KILL");
+            }
+        }
+    }
+}
+
+fn run_ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2 (`ip`) is installed");
+    assert!(
+        out.status.success(),
+        "`ip {}` failed (these tests need root and iproute2): {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Sends a signal by name with `kill(1)` (no `unsafe` in tests).
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
 }

@@ -75,7 +75,7 @@ impl ChildNode {
 
     /// SIGTERM, then waits (bounded) for a graceful exit; returns its exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
-        unsafe_free_signal(self.child.id(), "TERM");
+        signal(self.child.id(), "TERM");
         let start = Instant::now();
         while start.elapsed() < WAIT {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -99,13 +99,6 @@ impl Drop for ChildNode {
     }
 }
 
-/// Sends a signal by name with `kill(1)`, to keep `unsafe` out of the tests.
-pub fn unsafe_free_signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status();
-}
-
 /// VmRSS of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -121,81 +114,6 @@ pub fn rss_kib(pid: u32) -> u64 {
 // ---------------------------------------------------------------------------------------
 // Network namespaces and what runs inside them (tests/mdns.rs; usable by any test that
 // needs mDNS or several "hosts"). They need root and iproute2 (`ip netns`).
-
-/// A network namespace made for one test (`ip netns add`, loopback up). Dropping it kills,
-/// by pid, every process still inside (the test's own children) and deletes it, also
-/// when the test panics.
-#[derive(Debug)]
-pub struct NetNs {
-    pub name: String,
-}
-
-impl NetNs {
-    /// A fresh namespace named `mlmesh-<tag>-<random>`, with only `lo`, up.
-    pub fn new(tag: &str) -> NetNs {
-        let name = format!(
-            "mlmesh-{tag}-{}",
-            &NodeId::new().0.simple().to_string()[24..]
-        );
-        run_ip(&["netns", "add", &name]);
-        let ns = NetNs { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// Runs `ip -n NAME ARGS...`; panics with its stderr if it fails.
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run_ip(&all);
-    }
-
-    /// The command prefix that runs a program inside: `ip netns exec NAME`.
-    pub fn exec_prefix(&self) -> Vec<String> {
-        ["ip", "netns", "exec", &self.name]
-            .map(String::from)
-            .to_vec()
-    }
-
-    /// SIGKILLs every process inside (by pid, as `ip netns pids` lists them).
-    pub fn kill_all(&self) {
-        let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        else {
-            return;
-        };
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if let Ok(pid) = pid.parse::<u32>() {
-                if pid > 1 {
-                    unsafe_free_signal(pid, "KILL");
-                }
-            }
-        }
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        self.kill_all();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run_ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 (`ip`) is installed");
-    assert!(
-        out.status.success(),
-        "`ip {}` failed (these tests need root and iproute2): {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
 
 /// Hosts on one Ethernet segment, all on this machine: host `i` (from 0) is a namespace
 /// with a veth `e{i+1}`, address `10.99.S.{i+1}/24`, plugged into a bridge `br0` in a

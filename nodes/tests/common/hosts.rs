@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use mlmesh::protocol::sys::Describe;
 use mlmesh::{Code, Config, NodeId, Status};
 
-use super::{run_inner_test, WAIT};
+use super::{run_inner_test, signal, NetNs, WAIT};
 
 /// Set in a test binary that [`on_lan`] re-ran inside host 0; its value describes the
 /// [`Lab`].
@@ -67,83 +67,6 @@ pub fn ms(d: Duration) -> String {
 
 // ---------------------------------------------------------------------------------------
 // Namespaces and the bridge (outside).
-
-/// A network namespace made for one test, `lo` up. Dropping it kills, by pid, every
-/// process still inside and deletes it.
-#[derive(Debug)]
-pub struct NetNs {
-    pub name: String,
-}
-
-impl NetNs {
-    /// A fresh namespace `mlmesh-<tag>-<random>`.
-    pub fn new(tag: &str) -> NetNs {
-        let name = format!(
-            "mlmesh-{tag}-{}",
-            &NodeId::new().0.simple().to_string()[24..]
-        );
-        run_ip(&["netns", "add", &name]);
-        let ns = NetNs { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n NAME ARGS...`; panics with its stderr if it fails.
-    pub fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run_ip(&all);
-    }
-
-    /// SIGKILLs every process inside.
-    pub fn kill_all(&self) {
-        kill_all_in(&self.name);
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        self.kill_all();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// SIGKILLs, by pid, every process in the namespace `name` (as `ip netns pids` lists).
-fn kill_all_in(name: &str) {
-    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
-        return;
-    };
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        if let Ok(pid) = pid.parse::<u32>() {
-            if pid > 1 && pid != std::process::id() {
-                signal(pid, "KILL");
-            }
-        }
-    }
-}
-
-fn run_ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("iproute2 (`ip`) is installed");
-    assert!(
-        out.status.success(),
-        "`ip {}` failed (these tests need root and iproute2): {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-}
-
-/// Sends a signal by name with `kill(1)` (no `unsafe` in tests).
-pub fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
 
 /// Hosts on one Ethernet segment: host `i` is a namespace with a veth `e{i+1}` at
 /// `10.99.S.{i+1}/24`, its other end `p{i+1}` in the bridge's namespace, on `br0`.
