@@ -28,7 +28,9 @@ macro_rules! uuid_id {
             /// random bits from a thread-local generator: no lock and no clock read, so
             /// that an envelope reads the clock once for its id and its `time`.
             pub fn at(unix_nanos: u64) -> Self {
-                let random: [u8; 16] = rand::random();
+                // One u128 takes 16 bytes of the generator's output; an array of bytes
+                // would take a u32 of it per byte.
+                let random = rand::random::<u128>().to_le_bytes();
                 let mut bytes = [0u8; 10];
                 bytes.copy_from_slice(&random[..10]);
                 Self(uuid::Builder::from_unix_timestamp_millis(unix_nanos / 1_000_000, &bytes).into_uuid())
