@@ -33,7 +33,7 @@ pub mod sys;
 pub mod tracking;
 
 pub use codec::{
-    check_payload, encode_batch, from_payload, is_batch, payload_len, to_payload, Codec,
+    check_payload, encode_batch, from_payload, is_batch, payload_len, to_payload, BatchBuf, Codec,
     DecodeError, EncodeError, DEFAULT_MAX_MESSAGE_SIZE, MAX_DEPTH,
 };
 pub use envelope::{now_nanos, Body, Envelope, Kind, MessageId, NodeId, PROTOCOL_VERSION};

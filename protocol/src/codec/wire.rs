@@ -13,6 +13,25 @@ use crate::status::{Code, Status};
 
 /// Encodes `env` (see [`Codec::encode`](super::Codec::encode)), with no size limit.
 pub(super) fn write_envelope(env: &Envelope) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::new();
+    append_envelope(env, &mut out)?;
+    Ok(out)
+}
+
+/// Encodes `env` after the bytes `out` holds, with no size limit; on an error, `out` is
+/// as it was.
+pub(super) fn append_envelope(env: &Envelope, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
+    let mut w = Writer::from_vec(std::mem::take(out));
+    let written = write_fields(env, &mut w);
+    *out = w.into_vec();
+    if written.is_err() {
+        out.truncate(start);
+    }
+    written
+}
+
+fn write_fields(env: &Envelope, w: &mut Writer) -> Result<(), EncodeError> {
     // Destructured so that a new field cannot be forgotten here.
     let Envelope {
         version,
@@ -30,8 +49,8 @@ pub(super) fn write_envelope(env: &Envelope) -> Result<Vec<u8>, EncodeError> {
             48 + status.message.len() + status.field.as_ref().map_or(0, String::len),
         ),
     };
-    let capacity = 112 + topic.as_str().len() + data.len() + status_len;
-    let mut w = Writer::with_capacity(capacity);
+    // An upper bound of the encoded size: one allocation, whatever the values.
+    w.reserve(112 + topic.as_str().len() + data.len() + status_len);
     // v, id, type, kind, source, time and data, with the kind's own keys before data.
     w.map_len(7 + kind_keys);
     w.key("v");
@@ -59,12 +78,11 @@ pub(super) fn write_envelope(env: &Envelope) -> Result<Vec<u8>, EncodeError> {
             w.key("re");
             w.bin(re.as_bytes())?;
             w.key("status");
-            write_status(&mut w, status)?;
+            write_status(w, status)?;
         }
     }
     w.key("data");
-    w.bin(data)?;
-    Ok(w.into_vec())
+    w.bin(data)
 }
 
 /// Writes a status map (SPEC 3.5): `code`, then `message` and `field` when present.

@@ -37,10 +37,14 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn with_capacity(capacity: usize) -> Self {
-        Self {
-            out: Vec::with_capacity(capacity),
-        }
+    /// Makes room for `additional` more bytes at once.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.out.reserve(additional);
+    }
+
+    /// Appends to `out`, after what it holds.
+    pub(super) fn from_vec(out: Vec<u8>) -> Self {
+        Self { out }
     }
 
     pub(super) fn into_vec(self) -> Vec<u8> {
