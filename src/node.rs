@@ -25,7 +25,7 @@ use crate::events::{Subscription, Subscriptions};
 use crate::handler::{Ctx, ErasedHandler, Raw, Reply, Typed};
 use crate::peers::{PeerEvent, PeerInfo, PeerTable};
 use crate::transport::client::Clients;
-use crate::transport::publisher::Outgoing;
+use crate::transport::publisher::{Offer, Outbox, Outgoing};
 use crate::{discovery, rpc, transport};
 
 /// How long calls already sent to a peer that said goodbye may still get their reply.
@@ -227,13 +227,11 @@ pub(crate) struct Inner {
     pub(crate) peer_events: broadcast::Sender<PeerEvent>,
     pub(crate) subs: Subscriptions,
     pub(crate) clients: Clients,
-    pub(crate) publish_tx: mpsc::Sender<Outgoing>,
+    /// The publish queue (with the per-topic seqs), which the publisher task empties.
+    pub(crate) outbox: Outbox,
     /// The PUB socket's subscribers and backlog (the socket is the publisher task's).
     pub(crate) pub_state: zeromq::PubSocketState,
-    /// Bytes the publish queue may hold, as semaphore permits.
-    pub(crate) publish_budget: Arc<Semaphore>,
     pub(crate) control_tx: mpsc::Sender<Outgoing>,
-    pub(crate) seqs: Mutex<HashMap<Topic, u64>>,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) local_outstanding: std::sync::atomic::AtomicUsize,
     pub(crate) serving: Arc<Semaphore>,
@@ -347,62 +345,45 @@ impl Inner {
         topic: Topic,
         data: Bytes,
     ) -> Result<(), PublishError> {
-        // Once the node is leaving, its goodbye is (or is about to be) the last event:
-        // peers stop listening when it arrives.
-        if self.leaving.is_cancelled() || self.cancel.is_cancelled() {
-            return Err(PublishError::Closed);
-        }
         // A publishing loop never waits under DropNewest: without this it would starve
         // the node's own publisher task on the same worker, and drop nearly everything.
         tokio::task::consume_budget().await;
-        let seq = {
-            let mut seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
-            let s = seqs.entry(topic.clone()).or_insert(0);
-            *s += 1;
-            *s
-        };
-        let env = Envelope::event(topic.clone(), self.id, seq, data);
-        let frame = Bytes::from(self.codec.encode(&env)?);
-        // Local subscribers see their own node's events too, without the network.
-        self.subs.dispatch(&env, 0);
-        bump(&self.counters.events_published, 1);
-        // The queue is bounded twice: in events (the channel) and in bytes (the budget).
-        let cost = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-        let budget = self.publish_budget.clone();
+        // The seq is given by the queue, with the event's place in it.
+        let mut env = Envelope::event(topic, self.id, 0, data);
         match self.config.limits.publish_overflow {
-            Overflow::DropNewest => {
-                let Ok(permit) = budget.try_acquire_many_owned(cost) else {
-                    bump(&self.counters.events_dropped, 1);
-                    return Ok(());
-                };
-                let out = Outgoing {
-                    topic,
-                    frame,
-                    budget: Some(permit),
-                };
-                match self.publish_tx.try_send(out) {
-                    Ok(()) => Ok(()),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        bump(&self.counters.events_dropped, 1);
-                        Ok(())
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => Err(PublishError::Closed),
+            Overflow::DropNewest => match self.outbox.offer(&mut env, true)? {
+                Offer::Queued => {}
+                Offer::Dropped | Offer::Full => bump(&self.counters.events_dropped, 1),
+                Offer::Closed => return Err(PublishError::Closed),
+            },
+            Overflow::Block => {
+                if self.outbox.offer(&mut env, false)? != Offer::Queued {
+                    self.wait_for_room(&mut env).await?;
                 }
             }
-            Overflow::Block => {
-                let permit = budget
-                    .acquire_many_owned(cost)
-                    .await
-                    .map_err(|_| PublishError::Closed)?;
-                let out = Outgoing {
-                    topic,
-                    frame,
-                    budget: Some(permit),
-                };
-                self.publish_tx
-                    .send(out)
-                    .await
-                    .map_err(|_| PublishError::Closed)
+        }
+        bump(&self.counters.events_published, 1);
+        // Local subscribers see their own node's events too, without the network.
+        self.subs.dispatch_one(env);
+        Ok(())
+    }
+
+    /// `Overflow::Block` with a full queue: offers `env` again each time the publisher
+    /// takes a batch out, until it is queued or the node stops.
+    async fn wait_for_room(&self, env: &mut Envelope) -> Result<(), PublishError> {
+        loop {
+            // Registered before the offer, so that room made right after it is not missed.
+            let room = self.outbox.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.outbox.offer(env, false)? {
+                Offer::Queued => return Ok(()),
+                Offer::Closed => return Err(PublishError::Closed),
+                Offer::Full | Offer::Dropped => {}
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = self.cancel.cancelled() => return Err(PublishError::Closed),
             }
         }
     }
@@ -424,19 +405,13 @@ impl Inner {
             leaving,
         };
         let topic = Topic::new(sys::HEARTBEAT).ok()?;
-        let seq = {
-            let mut seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
-            let s = seqs.entry(topic.clone()).or_insert(0);
-            *s += 1;
-            *s
-        };
+        let seq = self.outbox.next_seq(&topic);
         let data = to_payload(&hb).ok()?;
         let env = Envelope::event(topic.clone(), self.id, seq, data.into());
         let frame = self.codec.encode(&env).ok()?;
         Some(Outgoing {
             topic,
             frame: frame.into(),
-            budget: None,
         })
     }
 
@@ -575,7 +550,6 @@ impl NodeBuilder {
         };
 
         let limits = &config.limits;
-        let (publish_tx, publish_rx) = mpsc::channel(limits.publish_queue);
         let (control_tx, control_rx) = mpsc::channel(64);
         let epoch = Instant::now();
         let inner = Arc::new(Inner {
@@ -590,11 +564,14 @@ impl NodeBuilder {
             peer_events: broadcast::channel(1024).0,
             subs: Subscriptions::new(limits.subscription_queue),
             clients: Clients::default(),
-            publish_tx,
+            outbox: Outbox::new(
+                Codec::new(limits.max_message_size),
+                limits.publish_queue,
+                limits.publish_queue_bytes,
+                limits.batch_max_bytes,
+            ),
             pub_state: pub_socket.state(),
-            publish_budget: Arc::new(Semaphore::new(limits.publish_queue_bytes)),
             control_tx,
-            seqs: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             local_outstanding: Default::default(),
             serving: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
@@ -620,7 +597,6 @@ impl NodeBuilder {
         inner.tasks.spawn(transport::publisher::run(
             inner.clone(),
             pub_socket,
-            publish_rx,
             control_rx,
         ));
         inner
@@ -947,6 +923,7 @@ impl NodeHandle {
         // The publisher sends every queued event, then the leaving heartbeat, and waits
         // (bounded) for its socket to write them. The goodbye must come last: a peer
         // stops listening as soon as it arrives, so events behind it would be lost.
+        inner.outbox.refuse();
         inner.leaving.cancel();
         if tokio::time::timeout(transport::publisher::FLUSH_BOUND, inner.flushed.cancelled())
             .await

@@ -1,10 +1,17 @@
 //! The event path out: a bounded queue in front of the PUB socket, batching a backlog.
 //!
 //! zmq.rs's PUB never applies backpressure (it queues up to 100,000 frames per
-//! subscriber), so this queue is where the node's own bound and drop policy live.
-//! When the queue is idle an event goes out alone at once; when a backlog has built
-//! up, consecutive events of one topic are joined into one batch frame of at most
-//! `limits.batch_max_bytes`, which cuts per-frame costs several fold.
+//! subscriber), so this queue ([`queue::Outbox`]) is where the node's own bounds (in
+//! events and in bytes) and drop policy live. `publish` encodes each event straight into
+//! the open batch of its topic at the queue's tail; the publisher task takes a whole
+//! batch per lock and sends it as one frame. When the queue is idle an event goes out
+//! alone at once; when a backlog builds up, consecutive events of one topic share a
+//! batch frame of at most `limits.batch_max_bytes`, which cuts per-frame costs several
+//! fold. Heartbeats go on a lane of their own, ahead of queued events.
+
+mod queue;
+
+pub(crate) use queue::{Offer, Outbox};
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -15,12 +22,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zeromq::{PubSocket, Socket, SocketSend, ZmqMessage};
 
-use mlmesh_protocol::{encode_batch, Topic};
+use mlmesh_protocol::Topic;
 
 use crate::node::{bump, BuildError, Inner};
-
-/// Most envelopes in one batch frame.
-const BATCH_MAX_COUNT: usize = 1024;
 
 /// Largest message a subscriber may send to a PUB (a subscription: a topic prefix).
 const MAX_SUBSCRIPTION: usize = 1024;
@@ -40,13 +44,11 @@ pub(crate) const FLUSH_BOUND: Duration = DRAIN
     .saturating_add(LINGER)
     .saturating_add(Duration::from_millis(200));
 
-/// An encoded envelope on its way to the PUB socket, holding its share of the publish
-/// queue's byte budget until it is handed to the socket.
+/// An encoded envelope for the control lane (heartbeats).
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) topic: Topic,
     pub(crate) frame: Bytes,
-    pub(crate) budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A PUB socket whose per-subscriber queue holds `subscriber_queue` frames (zmq.rs,
@@ -72,57 +74,60 @@ pub(crate) async fn bind(
 pub(crate) async fn run(
     inner: Arc<Inner>,
     socket: PubSocket,
-    mut queue: mpsc::Receiver<Outgoing>,
     mut control: mpsc::Receiver<Outgoing>,
 ) {
-    let mut out = Batcher::new(&inner, socket);
+    let mut out = Sender {
+        inner: &inner,
+        socket,
+    };
     loop {
-        let first = match out.held.take() {
-            Some(first) => first,
-            None => tokio::select! {
-                biased;
-                Some(first) = control.recv() => first,
-                Some(first) = queue.recv() => first,
-                // Reached only with both lanes empty at this instant.
-                _ = inner.leaving.cancelled() => break,
-                // Dropped without `shutdown`: no flush, no goodbye.
-                _ = inner.cancel.cancelled() => return,
-                else => break,
-            },
-        };
-        out.send(first, &mut queue).await;
+        // Heartbeats first, then one batch per turn.
+        if let Ok(hb) = control.try_recv() {
+            out.send(hb.topic, hb.frame).await;
+            continue;
+        }
+        if let Some(batch) = inner.outbox.pop() {
+            out.send(batch.topic, batch.body.finish()).await;
+            continue;
+        }
+        tokio::select! {
+            biased;
+            Some(hb) = control.recv() => out.send(hb.topic, hb.frame).await,
+            _ = inner.outbox.ready.notified() => {}
+            // Reached only with both lanes empty at this instant.
+            _ = inner.leaving.cancelled() => break,
+            // Dropped without `shutdown`: no flush, no goodbye.
+            _ = inner.cancel.cancelled() => {
+                inner.outbox.close();
+                return;
+            }
+        }
     }
-    leave(&inner, out, &mut queue, &mut control).await;
+    leave(&inner, out, &mut control).await;
 }
 
 /// The graceful end: every event still queued goes out (bounded by [`DRAIN`]), then the
 /// leaving heartbeat, last, since a peer stops listening when it arrives; then the socket
 /// writes all of it to its subscribers' connections (bounded by [`LINGER`]).
-async fn leave(
-    inner: &Inner,
-    mut out: Batcher<'_>,
-    queue: &mut mpsc::Receiver<Outgoing>,
-    control: &mut mpsc::Receiver<Outgoing>,
-) {
+async fn leave(inner: &Inner, mut out: Sender<'_>, control: &mut mpsc::Receiver<Outgoing>) {
     let until = Instant::now() + DRAIN;
     while Instant::now() < until {
-        let next = out
-            .held
-            .take()
-            .or_else(|| control.try_recv().ok())
-            .or_else(|| queue.try_recv().ok());
-        let Some(first) = next else { break };
-        out.send(first, queue).await;
+        if let Ok(hb) = control.try_recv() {
+            out.send(hb.topic, hb.frame).await;
+            continue;
+        }
+        let Some(batch) = inner.outbox.pop() else {
+            break;
+        };
+        out.send(batch.topic, batch.body.finish()).await;
     }
-    let left = queue.len() + usize::from(out.held.is_some());
+    let left = inner.outbox.close();
     if left > 0 {
         bump(&inner.counters.events_dropped, left as u64);
         tracing::warn!(node = %inner.config.node.name, left, "events still queued at shutdown were dropped");
     }
     if let Some(goodbye) = inner.heartbeat_message(true) {
-        let mut msg = ZmqMessage::from(Bytes::copy_from_slice(goodbye.topic.as_str().as_bytes()));
-        msg.push_back(goodbye.frame);
-        let _ = out.socket.send(msg).await;
+        out.send(goodbye.topic, goodbye.frame).await;
     }
     // zmq.rs's `send` only queues: a fan-out task and a writer task per subscriber put the
     // frames on the wire, and dropping the socket (or the process exiting) ends them.
@@ -141,56 +146,15 @@ async fn leave(
     inner.flushed.cancel();
 }
 
-/// Sends what the queue holds, joining a backlog of one topic into batch frames.
-struct Batcher<'a> {
+/// The PUB socket, as the publisher task writes to it.
+struct Sender<'a> {
     inner: &'a Inner,
     socket: PubSocket,
-    /// An event taken from the queue that did not fit the last batch.
-    held: Option<Outgoing>,
-    parts: Vec<Bytes>,
 }
 
-impl<'a> Batcher<'a> {
-    fn new(inner: &'a Inner, socket: PubSocket) -> Self {
-        Self {
-            inner,
-            socket,
-            held: None,
-            parts: Vec::with_capacity(64),
-        }
-    }
-
-    /// Sends `first`, batched with what is already waiting behind it (an idle queue
-    /// adds no delay).
-    async fn send(&mut self, first: Outgoing, queue: &mut mpsc::Receiver<Outgoing>) {
-        let budget = self.inner.config.limits.batch_max_bytes;
-        let parts = &mut self.parts;
-        let mut size = first.frame.len();
-        let topic = first.topic;
-        parts.clear();
-        parts.push(first.frame);
-        // Released once per frame below: a release takes the semaphore's lock.
-        let mut permits = first.budget;
-        while parts.len() < BATCH_MAX_COUNT {
-            let Ok(next) = queue.try_recv() else { break };
-            if next.topic != topic || size + next.frame.len() > budget {
-                self.held = Some(next);
-                break;
-            }
-            size += next.frame.len();
-            parts.push(next.frame);
-            match (&mut permits, next.budget) {
-                (Some(b), Some(n)) => b.merge(n),
-                (b @ None, n) => *b = n,
-                (Some(_), None) => {}
-            }
-        }
-        let body = if parts.len() == 1 {
-            parts.pop().unwrap_or_default()
-        } else {
-            Bytes::from(encode_batch(parts.iter().map(|p| &p[..])))
-        };
-        drop(permits);
+impl Sender<'_> {
+    /// Sends one event message: the topic frame, then the body (SPEC 5.2).
+    async fn send(&mut self, topic: Topic, body: Bytes) {
         let mut msg = ZmqMessage::from(Bytes::copy_from_slice(topic.as_str().as_bytes()));
         msg.push_back(body);
         if let Err(e) = self.socket.send(msg).await {

@@ -14,7 +14,7 @@ use zeromq::{Socket, SocketEvent, SocketRecv, SubSocket, ZmqMessage};
 use mlmesh_protocol::sys::{self, Heartbeat};
 use mlmesh_protocol::{from_payload, Body, NodeId};
 
-use crate::events::GapTracker;
+use crate::events::{Event, GapTracker};
 use crate::node::{bump, Inner};
 use crate::peers::{LeftReason, Liveness, PeerEvent};
 
@@ -57,6 +57,7 @@ pub(crate) async fn run(
         }
     }
     let mut gaps = GapTracker::default();
+    let mut events = Vec::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -80,7 +81,7 @@ pub(crate) async fn run(
             }
             msg = socket.recv() => match msg {
                 Ok(msg) => {
-                    let delivered = receive(&inner, peer, &live, &mut gaps, msg);
+                    let delivered = receive(&inner, peer, &live, &mut gaps, &mut events, msg);
                     // zmq.rs's futures do not count against Tokio's cooperative budget:
                     // without this, a busy SUB never lets the subscriptions' readers run.
                     // Each event delivered counts (a batch frame holds many), so that the
@@ -105,12 +106,14 @@ pub(crate) fn covers_sys(prefix: &[u8]) -> bool {
         .starts_with(prefix)
 }
 
-/// Handles one event message; returns how many events it delivered.
+/// Handles one event message; returns how many events it delivered. `events` is a
+/// buffer kept between calls (empty in between).
 fn receive(
     inner: &Inner,
     peer: NodeId,
     live: &Liveness,
     gaps: &mut GapTracker,
+    events: &mut Vec<Event>,
     msg: ZmqMessage,
 ) -> usize {
     let frames = msg.into_vec();
@@ -137,43 +140,75 @@ fn receive(
             return 0;
         }
     };
-    let mut delivered = 0;
-    for env in envelopes {
-        let Body::Event { seq } = env.body else {
-            bump(&inner.counters.frames_rejected, 1);
+    if topic.as_str() == sys::HEARTBEAT {
+        heartbeats(inner, peer, live, gaps, envelopes);
+        return 0;
+    }
+    // Every envelope of a frame has its topic, so the frame is one (source, topic)
+    // sequence and is delivered as one unit.
+    let mut seqs = gaps.of(peer, &topic);
+    let (mut rejected, mut missed) = (0, 0);
+    for envelope in envelopes {
+        let Body::Event { seq } = envelope.body else {
+            rejected += 1;
             continue;
         };
-        if env.source != peer {
+        if envelope.source != peer {
             // Another node publishes at this peer's address: the peer died and a new
             // process took its ports, and this SUB reconnected to it (zmq.rs SUBs
             // reconnect by themselves). Its traffic is not the peer's, so it neither
             // keeps the peer alive nor is delivered here (it arrives on the new node's
             // own SUB once that node is admitted, and would arrive twice).
-            bump(&inner.counters.frames_rejected, 1);
-            tracing::debug!(%peer, source = %env.source, "event from another node at a peer's address dropped");
+            rejected += 1;
+            tracing::debug!(%peer, source = %envelope.source, "event from another node at a peer's address dropped");
             continue;
         }
+        let gap = seqs.observe(seq);
+        missed += gap;
+        events.push(Event {
+            envelope,
+            missed: gap,
+        });
+    }
+    if rejected > 0 {
+        bump(&inner.counters.frames_rejected, rejected);
+    }
+    let delivered = events.len();
+    if delivered > 0 {
         live.touch();
-        if env.topic.as_str() == sys::HEARTBEAT {
-            if let Ok(hb) = from_payload::<Heartbeat>(&env.data) {
-                live.set_interval(hb.interval_ms);
-                if hb.leaving && env.source == peer {
-                    goodbye(inner, peer);
-                    gaps.forget(peer);
-                    return delivered;
-                }
-            }
-            continue;
-        }
-        bump(&inner.counters.events_received, 1);
-        let missed = gaps.observe(env.source, &env.topic, seq);
+        bump(&inner.counters.events_received, delivered as u64);
         if missed > 0 {
             bump(&inner.counters.events_missed, missed);
         }
-        inner.subs.dispatch(&env, missed);
-        delivered += 1;
+        inner.subs.dispatch(&topic, events);
     }
     delivered
+}
+
+/// A frame of heartbeats: each keeps the peer alive, and a leaving one is its goodbye.
+fn heartbeats(
+    inner: &Inner,
+    peer: NodeId,
+    live: &Liveness,
+    gaps: &mut GapTracker,
+    envelopes: Vec<mlmesh_protocol::Envelope>,
+) {
+    for env in envelopes {
+        if !matches!(env.body, Body::Event { .. }) || env.source != peer {
+            // As for events (see `receive`).
+            bump(&inner.counters.frames_rejected, 1);
+            continue;
+        }
+        live.touch();
+        if let Ok(hb) = from_payload::<Heartbeat>(&env.data) {
+            live.set_interval(hb.interval_ms);
+            if hb.leaving {
+                goodbye(inner, peer);
+                gaps.forget(peer);
+                return;
+            }
+        }
+    }
 }
 
 /// The peer said it is leaving: remove it now rather than after three intervals, and
