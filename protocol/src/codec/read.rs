@@ -79,9 +79,15 @@ impl<'a> Reader<'a> {
         Some(head)
     }
 
-    /// The next `N` bytes, for a big-endian number.
+    /// The next bytes if they are `expected`.
     #[inline]
-    fn be<const N: usize>(&mut self) -> Option<[u8; N]> {
+    pub(super) fn expect(&mut self, expected: &[u8]) -> Option<()> {
+        (self.take(expected.len())? == expected).then_some(())
+    }
+
+    /// The next `N` bytes, for a big-endian number or an id.
+    #[inline]
+    pub(super) fn be<const N: usize>(&mut self) -> Option<[u8; N]> {
         self.take(N)?.try_into().ok()
     }
 

@@ -85,6 +85,45 @@ fn write_fields(env: &Envelope, w: &mut Writer) -> Result<(), EncodeError> {
     w.bin(data)
 }
 
+/// The bytes of an event envelope up to its id, as [`write_envelope`] writes them: a map
+/// of 8, then `v`: 1.
+const EVENT_HEAD: &[u8] = b"\x88\xa1v\x01\xa2id\xc4\x10";
+const _: () = assert!(PROTOCOL_VERSION == 1, "EVENT_HEAD writes v as 1");
+
+/// Reads an event envelope laid out exactly as [`write_envelope`] writes one (the keys of
+/// SPEC 3.1 in order, each once, `v` 1, `kind` "event") whose `type` is `topic`: by
+/// position, comparing fixed bytes instead of matching keys. For such bytes the general
+/// path ([`Fields`]) gives the same envelope (the tests compare both on every frame they
+/// decode, and on edits of them). `None` at the first difference, with the reader then
+/// anywhere: the caller runs it under [`Reader::attempt`] and falls back on the general
+/// path, which decodes the envelope or says what is wrong with it.
+#[inline]
+pub(super) fn read_event(r: &mut Reader<'_>, frame: &Bytes, topic: &Topic) -> Option<Envelope> {
+    r.expect(EVENT_HEAD)?;
+    let id = r.be::<16>()?;
+    r.expect(b"\xa4type")?;
+    if r.str_bytes()? != topic.as_str().as_bytes() {
+        return None;
+    }
+    r.expect(b"\xa4kind\xa5event\xa6source\xc4\x10")?;
+    let source = r.be::<16>()?;
+    r.expect(b"\xa4time")?;
+    let time = r.uint()?;
+    r.expect(b"\xa3seq")?;
+    let seq = r.uint()?;
+    r.expect(b"\xa4data")?;
+    let data = r.bin()?;
+    Some(Envelope {
+        version: PROTOCOL_VERSION,
+        id: MessageId(uuid::Uuid::from_bytes(id)),
+        topic: topic.clone(),
+        source: NodeId(uuid::Uuid::from_bytes(source)),
+        time,
+        body: Body::Event { seq },
+        data: frame.slice_ref(data),
+    })
+}
+
 /// Writes a status map (SPEC 3.5): `code`, then `message` and `field` when present.
 fn write_status(w: &mut Writer, status: &Status) -> Result<(), EncodeError> {
     let Status {
