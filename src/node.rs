@@ -348,6 +348,17 @@ impl Inner {
         // A publishing loop never waits under DropNewest: without this it would starve
         // the node's own publisher task on the same worker, and drop nearly everything.
         tokio::task::consume_budget().await;
+        match self.try_enqueue(topic, data)? {
+            None => Ok(()),
+            // Boxed: the waiting future is large, and most publishes never build it (a
+            // future is moved whole, so its size costs every publish).
+            Some(env) => Box::pin(self.wait_for_room(env)).await,
+        }
+    }
+
+    /// Queues (or, under `Overflow::DropNewest`, drops) one event without waiting; under
+    /// `Overflow::Block` with the queue full, gives the envelope back to wait with.
+    fn try_enqueue(&self, topic: Topic, data: Bytes) -> Result<Option<Envelope>, PublishError> {
         // The seq is given by the queue, with the event's place in it.
         let mut env = Envelope::event(topic, self.id, 0, data);
         match self.config.limits.publish_overflow {
@@ -356,28 +367,36 @@ impl Inner {
                 Offer::Dropped | Offer::Full => bump(&self.counters.events_dropped, 1),
                 Offer::Closed => return Err(PublishError::Closed),
             },
-            Overflow::Block => {
-                if self.outbox.offer(&mut env, false)? != Offer::Queued {
-                    self.wait_for_room(&mut env).await?;
-                }
-            }
+            Overflow::Block => match self.outbox.offer(&mut env, false)? {
+                Offer::Queued => {}
+                Offer::Closed => return Err(PublishError::Closed),
+                Offer::Full | Offer::Dropped => return Ok(Some(env)),
+            },
         }
+        self.published(env);
+        Ok(None)
+    }
+
+    /// Counts a queued (or dropped) event and hands it to this node's own subscribers,
+    /// which see their node's events without the network.
+    fn published(&self, env: Envelope) {
         bump(&self.counters.events_published, 1);
-        // Local subscribers see their own node's events too, without the network.
         self.subs.dispatch_one(env);
-        Ok(())
     }
 
     /// `Overflow::Block` with a full queue: offers `env` again each time the publisher
     /// takes a batch out, until it is queued or the node stops.
-    async fn wait_for_room(&self, env: &mut Envelope) -> Result<(), PublishError> {
+    async fn wait_for_room(&self, mut env: Envelope) -> Result<(), PublishError> {
         loop {
             // Registered before the offer, so that room made right after it is not missed.
             let room = self.outbox.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.outbox.offer(env, false)? {
-                Offer::Queued => return Ok(()),
+            match self.outbox.offer(&mut env, false)? {
+                Offer::Queued => {
+                    self.published(env);
+                    return Ok(());
+                }
                 Offer::Closed => return Err(PublishError::Closed),
                 Offer::Full | Offer::Dropped => {}
             }

@@ -132,26 +132,41 @@ fn receive(
         tracing::debug!("event message dropped: its topic frame is not a valid topic");
         return 0;
     };
-    let envelopes = match inner.codec.decode_event_frame(&topic, body) {
-        Ok(e) => e,
-        Err(e) => {
-            bump(&inner.counters.frames_rejected, 1);
-            tracing::debug!(error = %e, "event frame dropped");
-            return 0;
-        }
-    };
     if topic.as_str() == sys::HEARTBEAT {
-        heartbeats(inner, peer, live, gaps, envelopes);
+        match inner.codec.decode_event_frame(&topic, body) {
+            Ok(envelopes) => heartbeats(inner, peer, live, gaps, envelopes),
+            Err(e) => {
+                bump(&inner.counters.frames_rejected, 1);
+                tracing::debug!(error = %e, "heartbeat frame dropped");
+            }
+        }
+        return 0;
+    }
+    // Decoded straight into events; checked once the whole frame decodes (one bad
+    // envelope rejects the frame).
+    let decoded = inner
+        .codec
+        .decode_event_frame_with(&topic, body, |envelope| {
+            events.push(Event {
+                envelope,
+                missed: 0,
+            })
+        });
+    if let Err(e) = decoded {
+        events.clear();
+        bump(&inner.counters.frames_rejected, 1);
+        tracing::debug!(error = %e, "event frame dropped");
         return 0;
     }
     // Every envelope of a frame has its topic, so the frame is one (source, topic)
     // sequence and is delivered as one unit.
     let mut seqs = gaps.of(peer, &topic);
     let (mut rejected, mut missed) = (0, 0);
-    for envelope in envelopes {
+    events.retain_mut(|event| {
+        let envelope = &event.envelope;
         let Body::Event { seq } = envelope.body else {
             rejected += 1;
-            continue;
+            return false;
         };
         if envelope.source != peer {
             // Another node publishes at this peer's address: the peer died and a new
@@ -161,15 +176,12 @@ fn receive(
             // own SUB once that node is admitted, and would arrive twice).
             rejected += 1;
             tracing::debug!(%peer, source = %envelope.source, "event from another node at a peer's address dropped");
-            continue;
+            return false;
         }
-        let gap = seqs.observe(seq);
-        missed += gap;
-        events.push(Event {
-            envelope,
-            missed: gap,
-        });
-    }
+        event.missed = seqs.observe(seq);
+        missed += event.missed;
+        true
+    });
     if rejected > 0 {
         bump(&inner.counters.frames_rejected, rejected);
     }
