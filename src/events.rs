@@ -66,12 +66,15 @@ impl Subscription {
     /// The next event; `None` once the node has shut down.
     pub async fn recv(&mut self) -> Option<Event> {
         loop {
-            match self.next() {
+            // Not matched on directly: the matched value would live across the await
+            // and make this future (moved whole at every call) an event larger.
+            let wait = match self.next() {
                 Next::Event(ev) => return Some(ev),
                 Next::Closed => return None,
                 // A wake-up from before the wait was registered is kept as a permit.
-                Next::Empty => self.shared.ready.notified().await,
-            }
+                Next::Empty => self.shared.ready.notified(),
+            };
+            wait.await;
         }
     }
 
@@ -244,19 +247,18 @@ impl Subscriptions {
         self.prefixes.subscribe()
     }
 
-    /// Delivers one event to every matching subscription.
-    pub(crate) fn dispatch_one(&self, envelope: Envelope) {
+    /// Delivers one event to every matching subscription (a copy each: this node's own
+    /// events, which the publisher keeps).
+    pub(crate) fn dispatch_one(&self, envelope: &Envelope) {
         if self.count.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let topic = envelope.topic.clone();
-        let mut one = Some(Event {
-            envelope,
-            missed: 0,
-        });
-        self.each_matching(&topic, |shared, last| {
-            let event = if last { one.take() } else { one.clone() };
-            shared.deliver(event.into_iter(), 1)
+        self.each_matching(&envelope.topic, |shared, _| {
+            let event = Event {
+                envelope: envelope.clone(),
+                missed: 0,
+            };
+            shared.deliver(std::iter::once(event), 1)
         });
     }
 

@@ -348,12 +348,14 @@ impl Inner {
         // A publishing loop never waits under DropNewest: without this it would starve
         // the node's own publisher task on the same worker, and drop nearly everything.
         tokio::task::consume_budget().await;
-        match self.try_enqueue(topic, data)? {
-            None => Ok(()),
-            // Boxed: the waiting future is large, and most publishes never build it (a
-            // future is moved whole, so its size costs every publish).
-            Some(env) => Box::pin(self.wait_for_room(env)).await,
-        }
+        // Boxed: the waiting future is large, and most publishes never build it (a
+        // future is moved whole, so its size costs every publish). Bound before the
+        // await, so that no envelope is kept in this future's state across it.
+        let wait = match self.try_enqueue(topic, data)? {
+            None => return Ok(()),
+            Some(env) => Box::pin(self.wait_for_room(env)),
+        };
+        wait.await
     }
 
     /// Queues (or, under `Overflow::DropNewest`, drops) one event without waiting; under
@@ -373,13 +375,13 @@ impl Inner {
                 Offer::Full | Offer::Dropped => return Ok(Some(env)),
             },
         }
-        self.published(env);
+        self.published(&env);
         Ok(None)
     }
 
     /// Counts a queued (or dropped) event and hands it to this node's own subscribers,
     /// which see their node's events without the network.
-    fn published(&self, env: Envelope) {
+    fn published(&self, env: &Envelope) {
         bump(&self.counters.events_published, 1);
         self.subs.dispatch_one(env);
     }
@@ -394,7 +396,7 @@ impl Inner {
             room.as_mut().enable();
             match self.outbox.offer(&mut env, false)? {
                 Offer::Queued => {
-                    self.published(env);
+                    self.published(&env);
                     return Ok(());
                 }
                 Offer::Closed => return Err(PublishError::Closed),
