@@ -390,7 +390,9 @@ impl Inner {
     /// takes a batch out, until it is queued or the node stops.
     async fn wait_for_room(&self, mut env: Envelope) -> Result<(), PublishError> {
         loop {
-            // Registered before the offer, so that room made right after it is not missed.
+            // Counted and registered before the offer, so that room made right after it
+            // is not missed.
+            let _waiting = self.outbox.waiting();
             let room = self.outbox.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();

@@ -89,6 +89,9 @@ struct State {
     bytes: usize,
     /// No more events are taken (the node is leaving); what is queued may still go out.
     refusing: bool,
+    /// Publishers waiting for room: only then does taking a batch out wake anyone (the
+    /// wake-up takes a lock, and without batching there is a batch per event).
+    waiting: usize,
 }
 
 impl Outbox {
@@ -130,6 +133,7 @@ impl Outbox {
             events,
             bytes,
             refusing,
+            ..
         } = &mut *guard;
         if *refusing {
             return Ok(Offer::Closed);
@@ -220,15 +224,24 @@ impl Outbox {
 
     /// Takes the oldest batch out, freeing its room.
     pub(crate) fn pop(&self) -> Option<Batch> {
-        let batch = {
+        let (batch, wake) = {
             let mut state = self.lock();
             let batch = state.batches.pop_front()?;
             state.events -= batch.body.count();
             state.bytes -= batch.body.len();
-            batch
+            (batch, state.waiting > 0)
         };
-        self.room.notify_waiters();
+        if wake {
+            self.room.notify_waiters();
+        }
         Some(batch)
+    }
+
+    /// Counts the caller as waiting for room until the guard is dropped (also when its
+    /// publish is cancelled); taken before the offer that finds the queue full.
+    pub(crate) fn waiting(&self) -> Waiting<'_> {
+        self.lock().waiting += 1;
+        Waiting(self)
     }
 
     /// Takes no more events (what is queued stays, for the publisher to send).
@@ -248,6 +261,17 @@ impl Outbox {
         };
         self.room.notify_waiters();
         left
+    }
+}
+
+/// A publisher counted as waiting for room, from [`Outbox::waiting`].
+#[derive(Debug)]
+pub(crate) struct Waiting<'a>(&'a Outbox);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.waiting = state.waiting.saturating_sub(1);
     }
 }
 
