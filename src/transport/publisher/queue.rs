@@ -15,9 +15,9 @@ use mlmesh_protocol::{BatchBuf, Body, Codec, EncodeError, Envelope, Topic};
 /// Most envelopes in one batch frame.
 const BATCH_MAX_COUNT: usize = 1024;
 
-/// What a new batch reserves when nothing else is queued: most such batches carry one
-/// event (an idle queue sends each event alone), so it grows only if a backlog builds.
-const IDLE_BATCH_BYTES: usize = 512;
+/// What a new batch reserves unless it continues a full batch of its topic: most such
+/// batches carry one event or a few, and the buffer grows if more come.
+const SMALL_BATCH_BYTES: usize = 512;
 
 /// A frame's worth of queued events of one topic, encoded.
 #[derive(Debug)]
@@ -157,12 +157,14 @@ impl Outbox {
                     if tail.body.len() > self.batch_max_bytes {
                         // Past the frame bound: this one starts the next batch.
                         tail.body.undo();
-                        fresh = Some(self.new_batch(env, batches.is_empty())?);
+                        fresh = Some(self.new_batch(env, true)?);
                     }
                     size
                 }
                 None => {
-                    let batch = self.new_batch(env, batches.is_empty())?;
+                    // The tail of this topic is full: a run of it is being batched.
+                    let run = batches.back().is_some_and(|b| b.topic == env.topic);
+                    let batch = self.new_batch(env, run)?;
                     let size = batch.body.len();
                     fresh = Some(batch);
                     size
@@ -197,14 +199,15 @@ impl Outbox {
         Ok(Offer::Queued)
     }
 
-    /// A batch holding `env` alone.
-    fn new_batch(&self, env: &Envelope, idle: bool) -> Result<Batch, EncodeError> {
-        // Behind a backlog the batch will likely fill: one allocation rather than
-        // a growing buffer.
-        let capacity = if idle {
-            IDLE_BATCH_BYTES
+    /// A batch holding `env` alone; `run` when it continues a full batch of its topic.
+    fn new_batch(&self, env: &Envelope, run: bool) -> Result<Batch, EncodeError> {
+        // A batch that continues a run will likely fill too: one allocation rather than a
+        // growing buffer. Only then, so that queued batches of one event each (topics
+        // taking turns) hold no more memory than their bytes.
+        let capacity = if run {
+            self.batch_max_bytes.max(SMALL_BATCH_BYTES)
         } else {
-            self.batch_max_bytes
+            SMALL_BATCH_BYTES
         };
         let mut body = BatchBuf::with_capacity(capacity);
         body.push(&self.codec, env)?;
