@@ -620,12 +620,23 @@ fn a_stalled_subscriber_neither_blocks_the_publisher_nor_grows_it_without_bound(
         "with nobody to send to, the flood costs nothing: {} MiB",
         quiet.peak_kib / 1024
     );
-    // The PUB never waits for a subscriber: the stalled one did not slow the node's
-    // writer down to where the publish queue overflowed much.
+    // The PUB never waits for a subscriber. A publisher held back by the stalled one
+    // would send little more than the queues in front of it hold (SUBSCRIBER_QUEUE +
+    // ZMQ_FANOUT_QUEUE + the publish queue: under a quarter of the flood); the rest
+    // would be dropped. Some drops happen anyway: with batching off each event is a
+    // frame through zmq.rs, which costs more than a publish, so under DropNewest the
+    // flood loses a share whenever the node's tasks get less CPU than its loop (0-17 %
+    // seen on this 2-core machine, with and without a subscriber).
     let frames = stat(&stalled.stats, "frames_published");
+    let dropped = stat(&stalled.stats, "events_dropped");
     assert!(
-        frames >= FLOOD_EVENTS * 9 / 10,
+        frames >= FLOOD_EVENTS / 2,
         "the stalled subscriber held the publisher back: {}",
+        stalled.stats
+    );
+    assert!(
+        frames + dropped <= FLOOD_EVENTS,
+        "more frames than events with batching off: {}",
         stalled.stats
     );
     assert!(
