@@ -8,7 +8,8 @@
 //! cargo bench --bench mesh -- mdns                  # mDNS discovery (loopback multicast)
 //! ```
 //!
-//! Workloads (names for the filter): `events`, `rtt`, `pipeline`, `discovery`, `mdns`.
+//! Workloads (names for the filter): `events`, `latency` (one event at a time), `rtt`,
+//! `pipeline`, `discovery`, `mdns`.
 //! Stdout gets a Markdown table, then one JSON object per measurement (the lines that
 //! start with `{`); progress goes to stderr.
 //!
@@ -21,7 +22,7 @@
 //! more threads than the machine has cores. Throughput runs alternate raw and mlmesh
 //! trials so that background noise hits both alike, and report the median trial.
 //!
-//! Layout: `mesh/events.rs` (workload 1), `mesh/requests.rs` (2 and 3),
+//! Layout: `mesh/events.rs` (workload 1 and event latency), `mesh/requests.rs` (2 and 3),
 //! `mesh/discovery.rs` (4), `mesh/report.rs` (table and JSON); shared helpers here.
 
 #[path = "mesh/discovery.rs"]
@@ -74,7 +75,7 @@ impl Plan {
             .skip(1)
             .filter(|a| !a.starts_with('-'))
             .collect();
-        const KNOWN: [&str; 5] = ["events", "rtt", "pipeline", "discovery", "mdns"];
+        const KNOWN: [&str; 6] = ["events", "latency", "rtt", "pipeline", "discovery", "mdns"];
         if let Some(bad) = only.iter().find(|a| !KNOWN.contains(&a.as_str())) {
             bail!("unknown workload {bad:?}; known: {}", KNOWN.join(", "));
         }
@@ -117,6 +118,9 @@ fn main() -> Result<()> {
     let mut report = Report::default();
     if plan.runs("events") {
         events::events(&plan, &mut report)?;
+    }
+    if plan.runs("latency") {
+        events::latency(&plan, &mut report)?;
     }
     if plan.runs("rtt") {
         requests::rtt(&plan, &mut report)?;

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use crate::report::{EventsResult, Report};
+use crate::requests::Latency;
 use crate::{cpu_secs, payload, run, seeded, unique_mesh, wait_peer, Plan, IDLE, PAYLOAD, WAIT};
 
 /// Receivers report progress to a windowed sender every this many messages.
@@ -146,6 +147,114 @@ pub(crate) fn events(plan: &Plan, report: &mut Report) -> Result<()> {
         drop_newest: median_flow(drop_newest),
     });
     Ok(())
+}
+
+/// Workload 1b: one event at a time on an idle path, from the publish call to the
+/// subscriber's receipt (one process, one clock): raw PUB -> SUB against mlmesh
+/// `publish_raw` -> a subscription. Shows what the envelope, the publish queue and the
+/// batching cost a lone event (an idle queue sends each event alone, at once).
+pub(crate) fn latency(plan: &Plan, report: &mut Report) -> Result<()> {
+    let (n, warmup) = (plan.rtt, plan.warmup);
+    eprintln!("latency: raw PUB -> SUB, {n} events one at a time");
+    let raw = run("raw-evlat", raw_latency(n, warmup))?;
+    eprintln!("latency: mlmesh publish -> subscription, {n} events one at a time");
+    let mesh = run("mesh-evlat", mesh_latency(n, warmup))?;
+    report.json.push(raw.json("event_latency", "raw_pub_sub"));
+    report
+        .json
+        .push(mesh.json("event_latency", "mlmesh_publish"));
+    report.latency = Some((raw, mesh));
+    Ok(())
+}
+
+async fn raw_latency(n: usize, warmup: usize) -> Result<Latency> {
+    let mut publisher = PubSocket::new();
+    let endpoint = publisher.bind("tcp://127.0.0.1:0").await?.to_string();
+    let mut sub = SubSocket::new();
+    sub.subscribe("").await?;
+    sub.connect(&endpoint).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        publisher.send(ZmqMessage::from("probe")).await?;
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
+            m?;
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the raw SUB received no probe within {WAIT:?}");
+        }
+    }
+    // Late probes drain before the timed part.
+    while tokio::time::timeout(Duration::from_millis(50), sub.recv())
+        .await
+        .is_ok()
+    {}
+    let payload = Bytes::from(vec![0xab; PAYLOAD]);
+    let mut samples = Vec::with_capacity(n);
+    let mut cpu0 = cpu_secs();
+    for i in 0..warmup + n {
+        if i == warmup {
+            cpu0 = cpu_secs();
+        }
+        let t = Instant::now();
+        publisher.send(ZmqMessage::from(payload.clone())).await?;
+        let msg = tokio::time::timeout(WAIT, sub.recv()).await??;
+        if i >= warmup {
+            samples.push(t.elapsed());
+        }
+        if msg.get(0).map(Bytes::len) != Some(PAYLOAD) {
+            bail!("the raw SUB received a message of another size");
+        }
+    }
+    Ok(Latency::of(samples, cpu_secs() - cpu0))
+}
+
+async fn mesh_latency(n: usize, warmup: usize) -> Result<Latency> {
+    let mesh = unique_mesh();
+    let a = Node::builder(Config::local("bench-pub", &mesh))
+        .spawn()
+        .await?;
+    let b = Node::builder(seeded("bench-sub", &mesh, &a))
+        .spawn()
+        .await?;
+    let mut sub = b.subscribe("bench.**")?;
+    wait_peer(&b, a.id()).await?;
+    let warm = Topic::new("bench.warm")?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        a.publish_raw(&warm, payload()?).await?;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("B received no probe event within {WAIT:?}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while sub.try_recv().is_some() {}
+    let topic = Topic::new("bench.data")?;
+    let data = payload()?;
+    let mut samples = Vec::with_capacity(n);
+    let mut cpu0 = cpu_secs();
+    for i in 0..warmup + n {
+        if i == warmup {
+            cpu0 = cpu_secs();
+        }
+        let t = Instant::now();
+        a.publish_raw(&topic, data.clone()).await?;
+        let event = tokio::time::timeout(WAIT, sub.recv()).await?;
+        if i >= warmup {
+            samples.push(t.elapsed());
+        }
+        match event {
+            Some(ev) if ev.topic() == &topic && ev.missed == 0 => {}
+            other => bail!("expected the next bench.data event, got {other:?}"),
+        }
+    }
+    let cpu = cpu_secs() - cpu0;
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(Latency::of(samples, cpu))
 }
 
 fn median_flow(mut runs: Vec<Flow>) -> Flow {

@@ -21,6 +21,8 @@ pub(crate) struct EventsResult {
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     pub(crate) events: Option<EventsResult>,
+    /// One event at a time: raw, then mlmesh.
+    pub(crate) latency: Option<(Latency, Latency)>,
     pub(crate) rtt: Option<(Latency, Latency)>,
     pub(crate) pipeline: Option<(Pipe, Pipe, Pipe)>,
     pub(crate) discovery: Option<(Latency, Latency)>,
@@ -84,6 +86,15 @@ impl Report {
                 ratio(ns_per(&e.block), ns_per(&e.windowed)),
                 "-",
             );
+        }
+        if let Some((raw, mesh)) = &self.latency {
+            let what = format!("event latency, 1 at a time, n={}", group(raw.n as u64));
+            for (m, r, x, goal) in [
+                ("p50", raw.p50, mesh.p50, "no latency added by batching"),
+                ("p99", raw.p99, mesh.p99, "-"),
+            ] {
+                row(&what, m, us(r), us(x), ratio(x, r), goal);
+            }
         }
         if let Some((raw, mesh)) = &self.rtt {
             let what = format!("round trip, 1 in flight, n={}", group(raw.n as u64));
