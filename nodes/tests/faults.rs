@@ -1281,7 +1281,13 @@ async fn frozen(test: &str, lab: Lab, live_runs_survive: bool) {
     let mut all = Calls::default();
     all.merge(&steady_log.calls);
     all.merge(&sleeper_log.calls);
-    all.assert_bounded("trainer calls");
+    steady_log.calls.assert_bounded("steady trainer calls");
+    // A call the sleeper had in flight when it was stopped comes back when it runs
+    // again: its own clock kept going while it could not (CI failed once on a call that
+    // took 4,013 ms, the freeze and the call).
+    sleeper_log
+        .calls
+        .assert_bounded_by("sleeper calls", DEADLINE_SLACK + freeze_for);
     calls.assert_bounded("probe calls");
     measure(test, "frozen trainer's run CRASHED after", ms(crashed));
     measure(

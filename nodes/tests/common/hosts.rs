@@ -768,8 +768,13 @@ impl Calls {
 
     /// Panics unless every call came back by its deadline plus [`DEADLINE_SLACK`].
     pub fn assert_bounded(&self, what: &str) {
+        self.assert_bounded_by(what, DEADLINE_SLACK);
+    }
+
+    /// Panics unless every call came back by its deadline plus `slack`.
+    pub fn assert_bounded_by(&self, what: &str, slack: Duration) {
         assert!(
-            self.worst_over <= DEADLINE_SLACK,
+            self.worst_over <= slack,
             "{what}: a call came back {:?} after its deadline ({self})",
             self.worst_over
         );
