@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
-use mlmesh::{Config, Node, Overflow, Topic};
+use mlmesh::{Config, Node, NodeHandle, Overflow, Subscription, Topic};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use crate::report::{EventsResult, Report};
-use crate::requests::Latency;
+use crate::requests::{Latency, Timer};
 use crate::{cpu_secs, payload, run, seeded, unique_mesh, wait_peer, Plan, IDLE, PAYLOAD, WAIT};
 
 /// Receivers report progress to a windowed sender every this many messages.
@@ -168,93 +168,43 @@ pub(crate) fn latency(plan: &Plan, report: &mut Report) -> Result<()> {
 }
 
 async fn raw_latency(n: usize, warmup: usize) -> Result<Latency> {
-    let mut publisher = PubSocket::new();
-    let endpoint = publisher.bind("tcp://127.0.0.1:0").await?.to_string();
-    let mut sub = SubSocket::new();
-    sub.subscribe("").await?;
-    sub.connect(&endpoint).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        publisher.send(ZmqMessage::from("probe")).await?;
-        if let Ok(m) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
-            m?;
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the raw SUB received no probe within {WAIT:?}");
-        }
-    }
+    let (mut publisher, mut sub) = raw_pair().await?;
     // Late probes drain before the timed part.
     while tokio::time::timeout(Duration::from_millis(50), sub.recv())
         .await
         .is_ok()
     {}
     let payload = Bytes::from(vec![0xab; PAYLOAD]);
-    let mut samples = Vec::with_capacity(n);
-    let mut cpu0 = cpu_secs();
-    for i in 0..warmup + n {
-        if i == warmup {
-            cpu0 = cpu_secs();
-        }
-        let t = Instant::now();
+    let mut timer = Timer::new(n, warmup);
+    while let Some(t) = timer.start() {
         publisher.send(ZmqMessage::from(payload.clone())).await?;
         let msg = tokio::time::timeout(WAIT, sub.recv()).await??;
-        if i >= warmup {
-            samples.push(t.elapsed());
-        }
+        timer.stop(t);
         if msg.get(0).map(Bytes::len) != Some(PAYLOAD) {
             bail!("the raw SUB received a message of another size");
         }
     }
-    Ok(Latency::of(samples, cpu_secs() - cpu0))
+    Ok(timer.finish())
 }
 
 async fn mesh_latency(n: usize, warmup: usize) -> Result<Latency> {
-    let mesh = unique_mesh();
-    let a = Node::builder(Config::local("bench-pub", &mesh))
-        .spawn()
-        .await?;
-    let b = Node::builder(seeded("bench-sub", &mesh, &a))
-        .spawn()
-        .await?;
-    let mut sub = b.subscribe("bench.**")?;
-    wait_peer(&b, a.id()).await?;
-    let warm = Topic::new("bench.warm")?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        a.publish_raw(&warm, payload()?).await?;
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("B received no probe event within {WAIT:?}");
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    while sub.try_recv().is_some() {}
+    let (a, b, mut sub) = mesh_pair(Overflow::default()).await?;
     let topic = Topic::new("bench.data")?;
     let data = payload()?;
-    let mut samples = Vec::with_capacity(n);
-    let mut cpu0 = cpu_secs();
-    for i in 0..warmup + n {
-        if i == warmup {
-            cpu0 = cpu_secs();
-        }
-        let t = Instant::now();
+    let mut timer = Timer::new(n, warmup);
+    while let Some(t) = timer.start() {
         a.publish_raw(&topic, data.clone()).await?;
         let event = tokio::time::timeout(WAIT, sub.recv()).await?;
-        if i >= warmup {
-            samples.push(t.elapsed());
-        }
+        timer.stop(t);
         match event {
             Some(ev) if ev.topic() == &topic && ev.missed == 0 => {}
             other => bail!("expected the next bench.data event, got {other:?}"),
         }
     }
-    let cpu = cpu_secs() - cpu0;
+    let latency = timer.finish();
     a.shutdown().await;
     b.shutdown().await;
-    Ok(Latency::of(samples, cpu))
+    Ok(latency)
 }
 
 fn median_flow(mut runs: Vec<Flow>) -> Flow {
@@ -266,23 +216,7 @@ fn median_flow(mut runs: Vec<Flow>) -> Flow {
 /// keeps at most that many unreceived (an application-level credit, lossless); without,
 /// it sends as fast as `send` returns and the PUB drops what its queues cannot hold.
 async fn raw_events(n: u64, window: Option<u64>) -> Result<Flow> {
-    let mut publisher = PubSocket::new();
-    let endpoint = publisher.bind("tcp://127.0.0.1:0").await?.to_string();
-    let mut sub = SubSocket::new();
-    sub.subscribe("").await?;
-    sub.connect(&endpoint).await?;
-    // The slow joiner: probe until the subscription has reached the PUB.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        publisher.send(ZmqMessage::from("probe")).await?;
-        if let Ok(m) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
-            m?;
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the raw SUB received no probe within {WAIT:?}");
-        }
-    }
+    let (mut publisher, sub) = raw_pair().await?;
     let progress = Arc::new(Progress::default());
     let receiver = tokio::spawn(count_raw(sub, n, progress.clone()));
     let payload = Bytes::from(vec![0xab; PAYLOAD]);
@@ -329,30 +263,7 @@ async fn count_raw(mut sub: SubSocket, n: u64, progress: Arc<Progress>) -> Resul
 /// mlmesh: node A `publish_raw`s a pre-encoded 100-byte payload, node B's subscription
 /// receives. Losses come from the counters (A's drops, B's sequence gaps) and the count.
 async fn mesh_events(n: u64, overflow: Overflow) -> Result<Flow> {
-    let mesh = unique_mesh();
-    let mut config = Config::local("bench-pub", &mesh);
-    config.limits.publish_overflow = overflow;
-    let a = Node::builder(config).spawn().await?;
-    let b = Node::builder(seeded("bench-sub", &mesh, &a))
-        .spawn()
-        .await?;
-    let mut sub = b.subscribe("bench.**")?;
-    wait_peer(&b, a.id()).await?;
-    // The slow joiner: probe (another topic, so its sequence does not count) until B's
-    // SUB is connected and subscribed.
-    let warm = Topic::new("bench.warm")?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        a.publish_raw(&warm, payload()?).await?;
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("B received no probe event within {WAIT:?}");
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    while sub.try_recv().is_some() {}
+    let (a, b, mut sub) = mesh_pair(overflow).await?;
 
     let topic = Topic::new("bench.data")?;
     let data = payload()?;
@@ -405,4 +316,55 @@ async fn mesh_events(n: u64, overflow: Overflow) -> Result<Flow> {
         sub_dropped: eb.subscription_dropped - sb.subscription_dropped,
         frames: ea.frames_published - sa.frames_published,
     })
+}
+
+/// A raw PUB and a SUB subscribed to everything, connected: a probe went through.
+async fn raw_pair() -> Result<(PubSocket, SubSocket)> {
+    let mut publisher = PubSocket::new();
+    let endpoint = publisher.bind("tcp://127.0.0.1:0").await?.to_string();
+    let mut sub = SubSocket::new();
+    sub.subscribe("").await?;
+    sub.connect(&endpoint).await?;
+    // The slow joiner: probe until the subscription has reached the PUB.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        publisher.send(ZmqMessage::from("probe")).await?;
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
+            m?;
+            return Ok((publisher, sub));
+        }
+        if Instant::now() > deadline {
+            bail!("the raw SUB received no probe within {WAIT:?}");
+        }
+    }
+}
+
+/// Node A (publishing with `overflow`) and node B seeded with it, B subscribed to
+/// `bench.**` and connected to A's PUB: a probe went through, and the probes are drained.
+async fn mesh_pair(overflow: Overflow) -> Result<(NodeHandle, NodeHandle, Subscription)> {
+    let mesh = unique_mesh();
+    let mut config = Config::local("bench-pub", &mesh);
+    config.limits.publish_overflow = overflow;
+    let a = Node::builder(config).spawn().await?;
+    let b = Node::builder(seeded("bench-sub", &mesh, &a))
+        .spawn()
+        .await?;
+    let mut sub = b.subscribe("bench.**")?;
+    wait_peer(&b, a.id()).await?;
+    // The slow joiner: probe (another topic, so its sequence does not count) until B's
+    // SUB is connected and subscribed.
+    let warm = Topic::new("bench.warm")?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        a.publish_raw(&warm, payload()?).await?;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("B received no probe event within {WAIT:?}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while sub.try_recv().is_some() {}
+    Ok((a, b, sub))
 }

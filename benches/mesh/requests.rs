@@ -68,54 +68,84 @@ impl Latency {
     }
 }
 
+/// Times a loop of one-at-a-time steps: `warmup` untimed, then `n` timed; the CPU figure
+/// covers the timed ones. `while let Some(t) = timer.start() { ...; timer.stop(t) }`.
+pub(crate) struct Timer {
+    n: usize,
+    warmup: usize,
+    started: usize,
+    samples: Vec<std::time::Duration>,
+    cpu0: f64,
+}
+
+impl Timer {
+    pub(crate) fn new(n: usize, warmup: usize) -> Self {
+        Self {
+            n,
+            warmup,
+            started: 0,
+            samples: Vec::with_capacity(n),
+            cpu0: cpu_secs(),
+        }
+    }
+
+    /// The start of the next step, or `None` when all are done.
+    pub(crate) fn start(&mut self) -> Option<Instant> {
+        if self.started == self.warmup + self.n {
+            return None;
+        }
+        if self.started == self.warmup {
+            self.cpu0 = cpu_secs();
+        }
+        self.started += 1;
+        Some(Instant::now())
+    }
+
+    /// The step begun at `t` is done.
+    pub(crate) fn stop(&mut self, t: Instant) {
+        if self.started > self.warmup {
+            self.samples.push(t.elapsed());
+        }
+    }
+
+    pub(crate) fn finish(self) -> Latency {
+        Latency::of(self.samples, cpu_secs() - self.cpu0)
+    }
+}
+
 async fn raw_rtt(n: usize, warmup: usize) -> Result<Latency> {
     let (endpoint, server) = raw_echo_server().await?;
     let mut dealer = DealerSocket::new();
     dealer.connect(&endpoint).await?;
     let data = Bytes::from(vec![0xab; PAYLOAD]);
-    let mut samples = Vec::with_capacity(n);
-    let mut cpu0 = cpu_secs();
-    for i in 0..warmup + n {
-        if i == warmup {
-            cpu0 = cpu_secs();
-        }
-        let t = Instant::now();
+    let mut timer = Timer::new(n, warmup);
+    while let Some(t) = timer.start() {
         dealer.send(ZmqMessage::from(data.clone())).await?;
         recv_within(&mut dealer).await?;
-        if i >= warmup {
-            samples.push(t.elapsed());
-        }
+        timer.stop(t);
     }
-    let cpu = cpu_secs() - cpu0;
     server.abort();
-    Ok(Latency::of(samples, cpu))
+    Ok(timer.finish())
 }
 
 async fn mesh_rtt(n: usize, warmup: usize) -> Result<Latency> {
     let (a, b) = echo_pair().await?;
     let topic = Topic::new("bench.echo")?;
     let data = payload()?;
-    let mut samples = Vec::with_capacity(n);
-    let mut cpu0 = cpu_secs();
-    for i in 0..warmup + n {
-        if i == warmup {
-            cpu0 = cpu_secs();
-        }
-        let t = Instant::now();
+    let mut timer = Timer::new(n, warmup);
+    while let Some(t) = timer.start() {
         let reply = b
             .request_raw(&topic, data.clone(), CallOptions::default())
             .await?;
-        if i >= warmup {
-            samples.push(t.elapsed());
-        }
+        timer.stop(t);
         if reply.len() != PAYLOAD {
             bail!("echo of {} bytes, expected {PAYLOAD}", reply.len());
         }
     }
-    let cpu = cpu_secs() - cpu0;
+    let latency = timer.finish();
     b.shutdown().await;
     a.shutdown().await;
-    Ok(Latency::of(samples, cpu))
+    Ok(latency)
 }
 
 /// One pipelined run.
