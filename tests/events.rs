@@ -22,6 +22,23 @@ async fn pair(mesh: &str, tune: impl Fn(&str, &mut Config)) -> (NodeHandle, Node
     (publisher, subscriber)
 }
 
+/// A pair for runs of many events on `bulk.*`: the subscriber has room for a whole run
+/// (these tests are about the network path, not a slow reader), subscribes to `bulk.**`
+/// and has received a probe from the publisher; `tune_pub` applies to the publisher.
+async fn bulk_pair(
+    mesh: &str,
+    tune_pub: impl Fn(&mut Config),
+) -> (NodeHandle, NodeHandle, Subscription) {
+    let (publisher, subscriber) = pair(mesh, |role, c| match role {
+        "pub" => tune_pub(c),
+        _ => c.limits.subscription_queue = 16_384,
+    })
+    .await;
+    let mut sub = subscriber.subscribe("bulk.**").expect("pattern");
+    sync_events(&publisher, &mut sub, "bulk.probe").await;
+    (publisher, subscriber, sub)
+}
+
 /// Reads `sub` in a task until an event on `fence` arrives, keeping the events on `topic`
 /// (others are probes and are skipped).
 fn collect_until_fence(
@@ -143,15 +160,7 @@ async fn wildcard_patterns_fan_out_to_exactly_the_matching_subscribers() {
 async fn ten_thousand_events_arrive_in_order_without_loss() {
     init_tracing();
     let mesh = unique_mesh();
-    let (publisher, subscriber) = pair(&mesh, |role, c| {
-        if role == "sub" {
-            // Room for the whole run: this test is about the network path.
-            c.limits.subscription_queue = 16_384;
-        }
-    })
-    .await;
-    let mut sub = subscriber.subscribe("bulk.**").expect("pattern");
-    sync_events(&publisher, &mut sub, "bulk.probe").await;
+    let (publisher, subscriber, sub) = bulk_pair(&mesh, |_| {}).await;
     let reader = collect_until_fence(sub, "bulk.data", "bulk.fence");
 
     const N: u64 = 10_000;
@@ -395,16 +404,11 @@ fn bytes_nil() -> bytes::Bytes {
 async fn the_block_policy_waits_instead_of_dropping() {
     init_tracing();
     let mesh = unique_mesh();
-    let (publisher, subscriber) = pair(&mesh, |role, c| match role {
-        "pub" => {
-            c.limits.publish_queue = 2;
-            c.limits.publish_overflow = Overflow::Block;
-        }
-        _ => c.limits.subscription_queue = 16_384,
+    let (publisher, subscriber, sub) = bulk_pair(&mesh, |c| {
+        c.limits.publish_queue = 2;
+        c.limits.publish_overflow = Overflow::Block;
     })
     .await;
-    let mut sub = subscriber.subscribe("bulk.**").expect("pattern");
-    sync_events(&publisher, &mut sub, "bulk.probe").await;
     let reader = collect_until_fence(sub, "bulk.data", "bulk.fence");
 
     const N: u64 = 5_000;
@@ -431,14 +435,7 @@ async fn the_block_policy_waits_instead_of_dropping() {
 async fn a_node_that_leaves_right_after_publishing_delivers_everything_before_its_goodbye() {
     init_tracing();
     let mesh = unique_mesh();
-    let (publisher, subscriber) = pair(&mesh, |role, c| {
-        if role == "sub" {
-            c.limits.subscription_queue = 16_384;
-        }
-    })
-    .await;
-    let mut sub = subscriber.subscribe("bulk.**").expect("pattern");
-    sync_events(&publisher, &mut sub, "bulk.probe").await;
+    let (publisher, subscriber, mut sub) = bulk_pair(&mesh, |_| {}).await;
     let mut peers = subscriber.watch_peers();
     let id = publisher.id();
 
