@@ -49,8 +49,12 @@ async fn two_trackers_each_serve_and_a_run_is_found_where_it_lives() {
         runs.push(info);
     }
     assert_eq!(on.len(), 2, "least-outstanding routing uses both trackers");
-    // A client that never saw these runs finds each where it lives.
-    let stranger = Tracking::new(&client_of(&n1, &mesh).await);
+    // A client that never saw these runs finds each where it lives, once it knows both
+    // trackers (seeded with the first, it learns of the second a moment later: CI once
+    // asked before that and got NOT_FOUND, rightly).
+    let stranger_node = client_of(&n1, &mesh).await;
+    wait_alive(&stranger_node, n2.id()).await;
+    let stranger = Tracking::new(&stranger_node);
     for info in &runs {
         let mut b = batch(info.id);
         b.metrics = vec![metric("m", 1.0, 0, 0)];
