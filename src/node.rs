@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use mlmesh_protocol::sys::{self, Describe, Endpoints, Heartbeat, PeerRecord, Served};
 use mlmesh_protocol::{
-    from_payload, to_payload, Codec, EncodeError, Envelope, MessageId, NameError, NodeId, Pattern,
-    Status, Topic, PROTOCOL_VERSION,
+    from_payload, to_payload, Body, Codec, EncodeError, Envelope, MessageId, NameError, NodeId,
+    Pattern, Status, Topic, PROTOCOL_VERSION,
 };
 
 use crate::config::{Config, ConfigError, Overflow};
@@ -179,6 +179,10 @@ pub struct Stats {
     /// Events dropped because the publish queue was full, or still queued when a
     /// shutdown's flush ran out of time.
     pub events_dropped: u64,
+    /// Events accepted by `publish` that no peer subscribed to at that moment: they took
+    /// their seq and reached only this node's own subscribers (counted in
+    /// `events_published` too).
+    pub events_unsubscribed: u64,
     /// Frames written to the PUB socket (a batch is one frame).
     pub frames_published: u64,
     /// Events received from peers.
@@ -201,6 +205,7 @@ pub struct Stats {
 pub(crate) struct Counters {
     pub(crate) events_published: AtomicU64,
     pub(crate) events_dropped: AtomicU64,
+    pub(crate) events_unsubscribed: AtomicU64,
     pub(crate) frames_published: AtomicU64,
     pub(crate) events_received: AtomicU64,
     pub(crate) events_missed: AtomicU64,
@@ -209,6 +214,10 @@ pub(crate) struct Counters {
     pub(crate) requests_refused: AtomicU64,
     pub(crate) handler_panics: AtomicU64,
 }
+
+/// More than an event envelope adds to its topic and payload once encoded: an event that
+/// leaves this much room under the size limit cannot be refused as too large.
+const ENVELOPE_OVERHEAD_MAX: usize = 256;
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
@@ -363,6 +372,19 @@ impl Inner {
     fn try_enqueue(&self, topic: Topic, data: Bytes) -> Result<Option<Envelope>, PublishError> {
         // The seq is given by the queue, with the event's place in it.
         let mut env = Envelope::event(topic, self.id, 0, data);
+        let surely_fits = env.data.len() + env.topic.as_str().len() + ENVELOPE_OVERHEAD_MAX
+            <= self.codec.max_size();
+        if surely_fits && !self.pub_state.wants(env.topic.as_str().as_bytes()) {
+            // No peer would get it (the PUB filters by subscription, SPEC 5.2): it takes
+            // its seq, as a dropped event does (SPEC 8.1), and skips the queue, so that
+            // an unwatched event costs neither an encode nor a wake-up of the publisher.
+            env.body = Body::Event {
+                seq: self.outbox.next_seq(&env.topic),
+            };
+            bump(&self.counters.events_unsubscribed, 1);
+            self.published(&env);
+            return Ok(None);
+        }
         match self.config.limits.publish_overflow {
             Overflow::DropNewest => match self.outbox.offer(&mut env, true)? {
                 Offer::Queued => {}
@@ -914,6 +936,7 @@ impl NodeHandle {
         Stats {
             events_published: get(&c.events_published),
             events_dropped: get(&c.events_dropped),
+            events_unsubscribed: get(&c.events_unsubscribed),
             frames_published: get(&c.frames_published),
             events_received: get(&c.events_received),
             events_missed: get(&c.events_missed),
@@ -966,5 +989,32 @@ impl NodeHandle {
         inner.subs.close();
         inner.clients.close_all();
         tracing::info!(node = %inner.config.node.name, "node stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlmesh_protocol::name::MAX_TOPIC_LEN;
+
+    #[test]
+    fn an_event_envelope_adds_less_than_its_overhead_bound() {
+        let codec = Codec::new(usize::MAX);
+        for (topic_len, data_len) in [
+            (1, 0),
+            (MAX_TOPIC_LEN, 0),
+            (MAX_TOPIC_LEN, 70_000),
+            (MAX_TOPIC_LEN, 5 << 20),
+        ] {
+            let topic = Topic::new(&"a".repeat(topic_len)).expect("a valid topic");
+            let mut env =
+                Envelope::event(topic, NodeId::new(), u64::MAX, vec![0u8; data_len].into());
+            env.time = u64::MAX;
+            let size = codec.encode(&env).expect("encodes").len();
+            assert!(
+                size <= topic_len + data_len + ENVELOPE_OVERHEAD_MAX,
+                "{size} bytes for a {topic_len}-byte topic and {data_len} bytes of data"
+            );
+        }
     }
 }

@@ -85,6 +85,46 @@ pub(crate) struct PubSocketBackend {
     // mlmesh patch: messages accepted by `send` and not yet handed to every matching
     // subscriber's queue (PATCHES.md, 5).
     pub(crate) unfanned: Arc<AtomicUsize>,
+    // mlmesh patch: every connected subscriber's subscriptions, counted by prefix, readable
+    // without touching the subscriber map (PATCHES.md, 7).
+    pub(crate) wanted: Mutex<Wanted>,
+}
+
+/// The subscriptions of all connected subscribers: each distinct prefix with the number
+/// of (subscriber, subscription) pairs holding it. Updated while the subscriber's map
+/// entry is held (or right after the entry is taken out of the map), so an increment
+/// always precedes the decrement that undoes it; the lock is never held across an await.
+#[derive(Default)]
+pub(crate) struct Wanted {
+    prefixes: Vec<(Vec<u8>, usize)>,
+}
+
+impl Wanted {
+    fn add(&mut self, prefix: &[u8]) {
+        match self.prefixes.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, n)) => *n += 1,
+            None => self.prefixes.push((prefix.to_vec(), 1)),
+        }
+    }
+
+    fn remove(&mut self, prefix: &[u8]) {
+        if let Some(i) = self.prefixes.iter().position(|(p, _)| p == prefix) {
+            self.prefixes[i].1 -= 1;
+            if self.prefixes[i].1 == 0 {
+                self.prefixes.swap_remove(i);
+            }
+        }
+    }
+
+    fn forget(&mut self, subscriber: &Subscriber) {
+        for s in &subscriber.subscriptions {
+            self.remove(s);
+        }
+    }
+
+    fn matches(&self, topic: &[u8]) -> bool {
+        self.prefixes.iter().any(|(p, _)| topic.starts_with(p))
+    }
 }
 
 struct PubFanoutQueue {
@@ -198,6 +238,7 @@ impl PubSocketBackend {
                 // Subscribe
                 if let Some(mut entry) = self.subscribers.get_async(peer_id).await {
                     entry.subscriptions.push(Vec::from(&data[1..]));
+                    self.wanted.lock().add(&data[1..]);
                 }
             }
             Some(0) => {
@@ -206,6 +247,7 @@ impl PubSocketBackend {
                 if let Some(mut entry) = self.subscribers.get_async(peer_id).await {
                     if let Some(index) = entry.subscriptions.iter().position(|s| s == &sub) {
                         entry.subscriptions.remove(index);
+                        self.wanted.lock().remove(&sub);
                     }
                 }
             }
@@ -229,6 +271,7 @@ impl SocketBackend for PubSocketBackend {
     fn shutdown(&self) {
         self.subscribers.clear_sync();
         self.subscriber_count.store(0, Ordering::Relaxed);
+        self.wanted.lock().prefixes.clear();
     }
 
     fn monitor(&self) -> &Mutex<Option<mpsc::Sender<SocketEvent>>> {
@@ -260,8 +303,11 @@ impl MultiPeerBackend for PubSocketBackend {
                 },
             )
             .await;
-        if old_subscriber.is_none() {
-            self.subscriber_count.fetch_add(1, Ordering::Relaxed);
+        match &old_subscriber {
+            None => {
+                self.subscriber_count.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(old) => self.wanted.lock().forget(old),
         }
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
@@ -314,8 +360,9 @@ impl MultiPeerBackend for PubSocketBackend {
         if let Some(monitor) = self.monitor().lock().as_mut() {
             let _ = monitor.try_send(SocketEvent::Disconnected(peer_id.clone()));
         }
-        if self.subscribers.remove_sync(peer_id).is_some() {
+        if let Some((_, gone)) = self.subscribers.remove_sync(peer_id) {
             self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
+            self.wanted.lock().forget(&gone);
         }
     }
 }
@@ -330,8 +377,9 @@ impl PubSocketBackend {
         if let Some(monitor) = self.monitor().lock().as_mut() {
             let _ = monitor.try_send(SocketEvent::Disconnected(peer_id.clone()));
         }
-        if self.subscribers.remove_async(peer_id).await.is_some() {
+        if let Some((_, gone)) = self.subscribers.remove_async(peer_id).await {
             self.subscriber_count.fetch_sub(1, Ordering::Relaxed);
+            self.wanted.lock().forget(&gone);
         }
     }
 }
@@ -388,6 +436,13 @@ impl PubSocketState {
         total
     }
 
+    /// Whether a message whose first frame is `topic` would go to any connected
+    /// subscriber now (mlmesh patch, PATCHES.md, 7). Cheap and never waits for the
+    /// subscriber map: a sender can skip building what nobody would get.
+    pub fn wants(&self, topic: &[u8]) -> bool {
+        self.backend.wanted.lock().matches(topic)
+    }
+
     /// The subscriptions of every connected subscriber, one list per connection, each in
     /// the order the subscriber sent them.
     pub async fn subscriptions(&self) -> Vec<Vec<Vec<u8>>> {
@@ -435,6 +490,7 @@ impl Socket for PubSocket {
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(options),
             unfanned: Arc::default(),
+            wanted: Mutex::default(),
         });
         let fanout_queue = spawn_pub_fanout_queue(backend.clone());
 
@@ -476,6 +532,7 @@ mod tests {
             socket_monitor: Mutex::new(None),
             socket_options: Arc::new(SocketOptions::default()),
             unfanned: Arc::default(),
+            wanted: Mutex::default(),
         }
     }
 
@@ -856,6 +913,44 @@ mod tests {
         })
         .await
         .unwrap_or_else(|_| panic!("subscriptions: {:?}", want));
+    }
+
+    #[async_rt::test]
+    async fn test_wants_follows_subscriptions_and_disconnects() {
+        let mut publisher = PubSocket::new();
+        let endpoint = publisher.bind("tcp://127.0.0.1:0").await.expect("bind");
+        let state = publisher.state();
+        assert!(!state.wants(b"tracking.run.started"), "no subscriber yet");
+        let until = |want: bool, topic: &'static [u8]| {
+            let state = state.clone();
+            async move {
+                async_rt::task::timeout(std::time::Duration::from_secs(5), async {
+                    while state.wants(topic) != want {
+                        async_rt::task::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("wants({topic:?}) never became {want}"));
+            }
+        };
+        let mut first = crate::SubSocket::new();
+        first.subscribe("tracking.").await.expect("subscribe");
+        first.connect(&endpoint.to_string()).await.expect("connect");
+        let mut second = crate::SubSocket::new();
+        second.subscribe("tracking.run").await.expect("subscribe");
+        second.subscribe("sys.").await.expect("subscribe");
+        second.connect(&endpoint.to_string()).await.expect("connect");
+        until(true, b"sys.heartbeat").await;
+        until(true, b"tracking.metrics.logged").await;
+        assert!(!state.wants(b"registry.alias.set"));
+        // One of two holders of a matching prefix leaves: still wanted.
+        first.unsubscribe("tracking.").await.expect("unsubscribe");
+        until(false, b"tracking.metrics.logged").await;
+        assert!(state.wants(b"tracking.run.started"), "the second still holds it");
+        // A disconnect takes the subscriber's subscriptions with it.
+        drop(second);
+        until(false, b"tracking.run.started").await;
+        until(false, b"sys.heartbeat").await;
     }
 
     #[async_rt::test]
