@@ -9,7 +9,9 @@
 //! Stderr gets progress and a table (with the goals); stdout gets, with `--json`, one
 //! line per measurement, `{"system":"mlmesh","case":...,"value":...,"unit":...,"n":...}`,
 //! with the case names and units of `bench/mlflow/mlflow_bench.py` (calls/s, metrics/s,
-//! runs/s, ms; `empty_request_rtt` in us). Other arguments (cargo's `--bench`) are ignored.
+//! runs/s, ms; `empty_request_rtt` in us). Group names as arguments run only those groups
+//! (`single`, `watched`, `separate`, `full`, `batch`, `logger`, `runs`, `search`; e.g.
+//! `-- single separate`); other arguments (cargo's `--bench`) are ignored.
 //!
 //! Method. Everything runs **in one process over loopback TCP**: a tracker node
 //! ([`Tracker`] with a `bench.empty` handler added) and a client node seeded with the
@@ -89,11 +91,18 @@ const SEARCH_FILTER: &str = "metrics.rmse < 0.5 and params.lr = '0.01' and tags.
 const LR_VALUES: [&str; 3] = ["0.001", "0.01", "0.1"];
 const TEAMS: [&str; 4] = ["vision", "nlp", "speech", "tabular"];
 
+/// The case groups, for selecting some on the command line.
+const GROUPS: [&str; 8] = [
+    "single", "watched", "separate", "full", "batch", "logger", "runs", "search",
+];
+
 /// The pinned workload.
 #[derive(Debug, Clone)]
 struct Plan {
     quick: bool,
     json: bool,
+    /// Case groups named on the command line (see [`GROUPS`]); empty runs them all.
+    only: Vec<String>,
     rtt: usize,
     rtt_warmup: usize,
     block: usize,
@@ -113,15 +122,25 @@ struct Plan {
 }
 
 impl Plan {
+    /// Whether the group `g` runs.
+    fn wants(&self, g: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == g)
+    }
+
     fn from_env() -> Self {
         let quick = std::env::var("MLMESH_BENCH_QUICK")
             .map(|v| !v.is_empty() && v != "0")
             .unwrap_or(false);
         let json = std::env::args().skip(1).any(|a| a == "--json");
+        let only = std::env::args()
+            .skip(1)
+            .filter(|a| GROUPS.contains(&a.as_str()))
+            .collect();
         let q = |full: usize, small: usize| if quick { small } else { full };
         Self {
             quick,
             json,
+            only,
             rtt: q(20_000, 2_000),
             rtt_warmup: q(2_000, 200),
             block: q(1_000, 200),
@@ -399,240 +418,277 @@ fn main() -> Result<()> {
             .trim()
     );
 
-    // 1 and 2: the empty round trip and the single acknowledged log, interleaved.
-    eprintln!(
-        "empty_request_rtt + log_metric_single: {} each, alternating blocks of {}",
-        plan.rtt, plan.block
-    );
-    let p = plan.clone();
-    let (empty, single) = run("trk-single", Durability::Normal, move |b| {
-        single_vs_empty(b, p)
-    })?;
-    report.push(
-        Measurement::new("empty_request_rtt", empty.p50, "us", empty.n)
-            .with("p99", round(empty.p99, 1))
-            .with("mean", round(empty.mean, 1))
+    if plan.wants("single") {
+        // 1 and 2: the empty round trip and the single acknowledged log, interleaved.
+        eprintln!(
+            "empty_request_rtt + log_metric_single: {} each, alternating blocks of {}",
+            plan.rtt, plan.block
+        );
+        let p = plan.clone();
+        let (empty, single) = run("trk-single", Durability::Normal, move |b| {
+            single_vs_empty(b, p)
+        })?;
+        report.push(
+            Measurement::new("empty_request_rtt", empty.p50, "us", empty.n)
+                .with("p99", round(empty.p99, 1))
+                .with("mean", round(empty.mean, 1))
+                .with("request", EMPTY)
+                .note(format!(
+                    "p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
+                    empty.p50, empty.p99, empty.mean
+                )),
+        );
+        let ratio = single.p50 / empty.p50;
+        report.push(
+            Measurement::new("log_metric_single", single.per_s(), "calls/s", single.n)
+                .with("p50_us", round(single.p50, 1))
+                .with("p99_us", round(single.p99, 1))
+                .with("p50_over_empty_rtt_p50", round(ratio, 3))
+                .with("durability", "normal")
+                .with("seconds", round(single.total.as_secs_f64(), 3))
+                .note(format!(
+                    "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50",
+                    single.p50, single.p99
+                )),
+        );
+    }
+
+    if plan.wants("watched") {
+        // 1 and 2 again, with a watcher: the client subscribes to the logged metrics.
+        eprintln!(
+            "empty_request_rtt + log_metric_single, watched: {} each",
+            plan.rtt
+        );
+        let p = plan.clone();
+        let (empty_w, single_w) = run("trk-watched", Durability::Normal, move |b| watched(b, p))?;
+        let ratio = single_w.p50 / empty_w.p50;
+        report.push(
+            Measurement::new(
+                "log_metric_single_watched",
+                single_w.per_s(),
+                "calls/s",
+                single_w.n,
+            )
+            .with("p50_us", round(single_w.p50, 1))
+            .with("p99_us", round(single_w.p99, 1))
+            .with("empty_rtt_p50_us", round(empty_w.p50, 1))
+            .with("p50_over_empty_rtt_p50", round(ratio, 3))
+            .with("durability", "normal")
+            .note(format!(
+                "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50 ({:.1} us)",
+                single_w.p50, single_w.p99, empty_w.p50
+            )),
+        );
+    }
+
+    if plan.wants("separate") {
+        // 1 and 2 again, with the tracker in its own process, as deployed.
+        eprintln!(
+            "empty_request_rtt + log_metric_single, tracker in a separate process: {} each",
+            plan.rtt
+        );
+        let p = plan.clone();
+        let (empty_sep, single_sep) = run_with("trk-sep", Durability::Normal, true, move |b| {
+            single_vs_empty(b, p)
+        })?;
+        report.push(
+            Measurement::new(
+                "empty_request_rtt_separate",
+                empty_sep.p50,
+                "us",
+                empty_sep.n,
+            )
+            .with("p99", round(empty_sep.p99, 1))
+            .with("mean", round(empty_sep.mean, 1))
             .with("request", EMPTY)
             .note(format!(
                 "p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
-                empty.p50, empty.p99, empty.mean
+                empty_sep.p50, empty_sep.p99, empty_sep.mean
             )),
-    );
-    let ratio = single.p50 / empty.p50;
-    report.push(
-        Measurement::new("log_metric_single", single.per_s(), "calls/s", single.n)
-            .with("p50_us", round(single.p50, 1))
-            .with("p99_us", round(single.p99, 1))
+        );
+        let ratio = single_sep.p50 / empty_sep.p50;
+        report.push(
+            Measurement::new(
+                "log_metric_single_separate",
+                single_sep.per_s(),
+                "calls/s",
+                single_sep.n,
+            )
+            .with("p50_us", round(single_sep.p50, 1))
+            .with("p99_us", round(single_sep.p99, 1))
             .with("p50_over_empty_rtt_p50", round(ratio, 3))
             .with("durability", "normal")
-            .with("seconds", round(single.total.as_secs_f64(), 3))
+            .with("seconds", round(single_sep.total.as_secs_f64(), 3))
             .note(format!(
                 "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50",
-                single.p50, single.p99
+                single_sep.p50, single_sep.p99
             )),
-    );
-
-    // 1 and 2 again, with the tracker in its own process, as deployed.
-    eprintln!(
-        "empty_request_rtt + log_metric_single, tracker in a separate process: {} each",
-        plan.rtt
-    );
-    let p = plan.clone();
-    let (empty_sep, single_sep) = run_with("trk-sep", Durability::Normal, true, move |b| {
-        single_vs_empty(b, p)
-    })?;
-    report.push(
-        Measurement::new(
-            "empty_request_rtt_separate",
-            empty_sep.p50,
-            "us",
-            empty_sep.n,
-        )
-        .with("p99", round(empty_sep.p99, 1))
-        .with("mean", round(empty_sep.mean, 1))
-        .with("request", EMPTY)
-        .note(format!(
-            "p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
-            empty_sep.p50, empty_sep.p99, empty_sep.mean
-        )),
-    );
-    let ratio = single_sep.p50 / empty_sep.p50;
-    report.push(
-        Measurement::new(
-            "log_metric_single_separate",
-            single_sep.per_s(),
-            "calls/s",
-            single_sep.n,
-        )
-        .with("p50_us", round(single_sep.p50, 1))
-        .with("p99_us", round(single_sep.p99, 1))
-        .with("p50_over_empty_rtt_p50", round(ratio, 3))
-        .with("durability", "normal")
-        .with("seconds", round(single_sep.total.as_secs_f64(), 3))
-        .note(format!(
-            "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50",
-            single_sep.p50, single_sep.p99
-        )),
-    );
-
-    eprintln!("log_metric_single, durability full: {}", plan.full);
-    let p = plan.clone();
-    let full = run("trk-full", Durability::Full, move |b| async move {
-        let run = start_run(&b.tracking, "bench-log-metric-full").await?;
-        single_calls(&b.tracking, run, "warmup", p.full_warmup).await?;
-        let samples = single_calls(&b.tracking, run, "loss", p.full).await?;
-        Ok(Latency::of(samples))
-    })?;
-    report.push(
-        Measurement::new(
-            "log_metric_single_durability_full",
-            full.per_s(),
-            "calls/s",
-            full.n,
-        )
-        .with("p50_us", round(full.p50, 1))
-        .with("p99_us", round(full.p99, 1))
-        .with("durability", "full")
-        .with("seconds", round(full.total.as_secs_f64(), 3))
-        .note(format!(
-            "p50 {:.1} us, p99 {:.1} us ({:+.0} us p50 over normal)",
-            full.p50,
-            full.p99,
-            full.p50 - single.p50
-        )),
-    );
-
-    // 3: batches.
-    eprintln!(
-        "log_batch_{}: {} calls; pipelined: {} tasks x {}",
-        plan.batch_size, plan.batch_calls, plan.pipe_tasks, plan.pipe_calls
-    );
-    let p = plan.clone();
-    let (lat, metrics) = run("trk-batch", Durability::Normal, move |b| log_batches(b, p))?;
-    report.push(
-        Measurement::new(
-            format!("log_batch_{}", plan.batch_size),
-            metrics as f64 / lat.total.as_secs_f64(),
-            "metrics/s",
-            metrics,
-        )
-        .with("calls", lat.n)
-        .with("p50_ms", round(lat.p50 / 1e3, 3))
-        .with("seconds", round(lat.total.as_secs_f64(), 3))
-        .note(format!(
-            "{} calls, p50 {:.2} ms, p99 {:.2} ms per call",
-            lat.n,
-            lat.p50 / 1e3,
-            lat.p99 / 1e3
-        )),
-    );
-    let p = plan.clone();
-    let (dt, metrics) = run("trk-pipe", Durability::Normal, move |b| {
-        log_batches_pipelined(b, p)
-    })?;
-    report.push(
-        Measurement::new(
-            format!("log_batch_{}_pipelined", plan.batch_size),
-            metrics as f64 / dt.as_secs_f64(),
-            "metrics/s",
-            metrics,
-        )
-        .with("in_flight", plan.pipe_tasks)
-        .with("seconds", round(dt.as_secs_f64(), 3))
-        .note(format!(
-            "{} tasks x {} calls, own run each",
-            plan.pipe_tasks, plan.pipe_calls
-        )),
-    );
-
-    eprintln!("logger_throughput: {} log_metric calls", plan.logger);
-    let p = plan.clone();
-    let lg = run("trk-logger", Durability::Normal, move |b| {
-        logger_throughput(b, p)
-    })?;
-    report.push(
-        Measurement::new(
-            "logger_throughput",
-            lg.metrics as f64 / lg.total.as_secs_f64(),
-            "metrics/s",
-            lg.metrics,
-        )
-        .with("batches", lg.batches)
-        .with("full_waits", lg.full_waits)
-        .with("unacknowledged", 0)
-        .with("seconds", round(lg.total.as_secs_f64(), 3))
-        .note(format!(
-            "{} batches; producer done at {:.2} s, end report at {:.2} s; {} Full retries",
-            lg.batches,
-            lg.produced.as_secs_f64(),
-            lg.total.as_secs_f64(),
-            lg.full_waits
-        )),
-    );
-
-    // 4: runs.
-    eprintln!(
-        "runs_start_end: {} sequential; {} with {} tasks",
-        plan.runs, plan.runs, plan.runs_tasks
-    );
-    let p = plan.clone();
-    let (seq, conc) = run("trk-runs", Durability::Normal, move |b| runs(b, p))?;
-    report.push(
-        Measurement::new("runs_start_end", seq.per_s(), "runs/s", seq.n)
-            .with("p50_us", round(seq.p50, 1))
-            .with("p99_us", round(seq.p99, 1))
-            .with("seconds", round(seq.total.as_secs_f64(), 3))
-            .note(format!(
-                "p50 {:.0} us, p99 {:.0} us per start+end",
-                seq.p50, seq.p99
-            )),
-    );
-    report.push(
-        Measurement::new(
-            "runs_start_end_concurrent",
-            plan.runs as f64 / conc.as_secs_f64(),
-            "runs/s",
-            plan.runs,
-        )
-        .with("tasks", plan.runs_tasks)
-        .with("seconds", round(conc.as_secs_f64(), 3))
-        .note(format!("{} tasks", plan.runs_tasks)),
-    );
-
-    // 5: search.
-    let want = expected_matches(plan.search_runs);
-    match plan.search_runs {
-        1000 => ensure!(want == 45, "the pinned workload matches {want}, not 45"),
-        200 => ensure!(want == 14, "the pinned workload matches {want}, not 14"),
-        _ => {}
+        );
     }
-    eprintln!(
-        "search_{}_filtered: seeding {} runs, then {} timed searches after 1",
-        plan.search_runs, plan.search_runs, plan.search_reps
-    );
-    let p = plan.clone();
-    let (lat_ms, seeded_in) = run("trk-search", Durability::Normal, move |b| {
-        search(b, p, want)
-    })?;
-    let median = median(&lat_ms);
-    let (min, max) = lat_ms
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-    report.push(
-        Measurement::new(
-            format!("search_{}_filtered", plan.search_runs),
-            median,
-            "ms",
-            lat_ms.len(),
-        )
-        .with("matched", want)
-        .with("min", round(min, 3))
-        .with("max", round(max, 3))
-        .note(format!(
-            "{want} matched; min {min:.2} ms, max {max:.2} ms; seeded in {:.2} s",
-            seeded_in.as_secs_f64()
-        )),
-    );
+
+    if plan.wants("full") {
+        eprintln!("log_metric_single, durability full: {}", plan.full);
+        let p = plan.clone();
+        let full = run("trk-full", Durability::Full, move |b| async move {
+            let run = start_run(&b.tracking, "bench-log-metric-full").await?;
+            single_calls(&b.tracking, run, "warmup", p.full_warmup).await?;
+            let samples = single_calls(&b.tracking, run, "loss", p.full).await?;
+            Ok(Latency::of(samples))
+        })?;
+        report.push(
+            Measurement::new(
+                "log_metric_single_durability_full",
+                full.per_s(),
+                "calls/s",
+                full.n,
+            )
+            .with("p50_us", round(full.p50, 1))
+            .with("p99_us", round(full.p99, 1))
+            .with("durability", "full")
+            .with("seconds", round(full.total.as_secs_f64(), 3))
+            .note(format!("p50 {:.1} us, p99 {:.1} us", full.p50, full.p99)),
+        );
+    }
+
+    if plan.wants("batch") {
+        // 3: batches.
+        eprintln!(
+            "log_batch_{}: {} calls; pipelined: {} tasks x {}",
+            plan.batch_size, plan.batch_calls, plan.pipe_tasks, plan.pipe_calls
+        );
+        let p = plan.clone();
+        let (lat, metrics) = run("trk-batch", Durability::Normal, move |b| log_batches(b, p))?;
+        report.push(
+            Measurement::new(
+                format!("log_batch_{}", plan.batch_size),
+                metrics as f64 / lat.total.as_secs_f64(),
+                "metrics/s",
+                metrics,
+            )
+            .with("calls", lat.n)
+            .with("p50_ms", round(lat.p50 / 1e3, 3))
+            .with("seconds", round(lat.total.as_secs_f64(), 3))
+            .note(format!(
+                "{} calls, p50 {:.2} ms, p99 {:.2} ms per call",
+                lat.n,
+                lat.p50 / 1e3,
+                lat.p99 / 1e3
+            )),
+        );
+        let p = plan.clone();
+        let (dt, metrics) = run("trk-pipe", Durability::Normal, move |b| {
+            log_batches_pipelined(b, p)
+        })?;
+        report.push(
+            Measurement::new(
+                format!("log_batch_{}_pipelined", plan.batch_size),
+                metrics as f64 / dt.as_secs_f64(),
+                "metrics/s",
+                metrics,
+            )
+            .with("in_flight", plan.pipe_tasks)
+            .with("seconds", round(dt.as_secs_f64(), 3))
+            .note(format!(
+                "{} tasks x {} calls, own run each",
+                plan.pipe_tasks, plan.pipe_calls
+            )),
+        );
+    }
+
+    if plan.wants("logger") {
+        eprintln!("logger_throughput: {} log_metric calls", plan.logger);
+        let p = plan.clone();
+        let lg = run("trk-logger", Durability::Normal, move |b| {
+            logger_throughput(b, p)
+        })?;
+        report.push(
+            Measurement::new(
+                "logger_throughput",
+                lg.metrics as f64 / lg.total.as_secs_f64(),
+                "metrics/s",
+                lg.metrics,
+            )
+            .with("batches", lg.batches)
+            .with("full_waits", lg.full_waits)
+            .with("unacknowledged", 0)
+            .with("seconds", round(lg.total.as_secs_f64(), 3))
+            .note(format!(
+                "{} batches; producer done at {:.2} s, end report at {:.2} s; {} Full retries",
+                lg.batches,
+                lg.produced.as_secs_f64(),
+                lg.total.as_secs_f64(),
+                lg.full_waits
+            )),
+        );
+    }
+
+    if plan.wants("runs") {
+        // 4: runs.
+        eprintln!(
+            "runs_start_end: {} sequential; {} with {} tasks",
+            plan.runs, plan.runs, plan.runs_tasks
+        );
+        let p = plan.clone();
+        let (seq, conc) = run("trk-runs", Durability::Normal, move |b| runs(b, p))?;
+        report.push(
+            Measurement::new("runs_start_end", seq.per_s(), "runs/s", seq.n)
+                .with("p50_us", round(seq.p50, 1))
+                .with("p99_us", round(seq.p99, 1))
+                .with("seconds", round(seq.total.as_secs_f64(), 3))
+                .note(format!(
+                    "p50 {:.0} us, p99 {:.0} us per start+end",
+                    seq.p50, seq.p99
+                )),
+        );
+        report.push(
+            Measurement::new(
+                "runs_start_end_concurrent",
+                plan.runs as f64 / conc.as_secs_f64(),
+                "runs/s",
+                plan.runs,
+            )
+            .with("tasks", plan.runs_tasks)
+            .with("seconds", round(conc.as_secs_f64(), 3))
+            .note(format!("{} tasks", plan.runs_tasks)),
+        );
+    }
+
+    if plan.wants("search") {
+        // 5: search.
+        let want = expected_matches(plan.search_runs);
+        match plan.search_runs {
+            1000 => ensure!(want == 45, "the pinned workload matches {want}, not 45"),
+            200 => ensure!(want == 14, "the pinned workload matches {want}, not 14"),
+            _ => {}
+        }
+        eprintln!(
+            "search_{}_filtered: seeding {} runs, then {} timed searches after 1",
+            plan.search_runs, plan.search_runs, plan.search_reps
+        );
+        let p = plan.clone();
+        let (lat_ms, seeded_in) = run("trk-search", Durability::Normal, move |b| {
+            search(b, p, want)
+        })?;
+        let median = median(&lat_ms);
+        let (min, max) = lat_ms
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        report.push(
+            Measurement::new(
+                format!("search_{}_filtered", plan.search_runs),
+                median,
+                "ms",
+                lat_ms.len(),
+            )
+            .with("matched", want)
+            .with("min", round(min, 3))
+            .with("max", round(max, 3))
+            .note(format!(
+                "{want} matched; min {min:.2} ms, max {max:.2} ms; seeded in {:.2} s",
+                seeded_in.as_secs_f64()
+            )),
+        );
+    }
 
     report.print(&plan, started.elapsed());
     Ok(())
@@ -859,7 +915,7 @@ async fn single_range(
         let t0 = Instant::now();
         let logged = t.log(&one_metric(run, key, i)).await?;
         samples.push(t0.elapsed());
-        ensure!(logged.metrics == 1, "log {i}: {logged:?}");
+        ensure!(logged.metrics == 1, "log {key} {i}: {logged:?}");
     }
     Ok(samples)
 }
@@ -877,6 +933,11 @@ async fn empty_calls(node: &NodeHandle, n: usize) -> Result<Vec<Duration>> {
 /// Cases 1 and 2, in alternating blocks after a warm-up of each.
 async fn single_vs_empty(b: Arc<Bench>, p: Plan) -> Result<(Latency, Latency)> {
     let run = start_run(&b.tracking, "bench-log-metric").await?;
+    single_vs_empty_on(&b, run, &p).await
+}
+
+/// Cases 1 and 2 on `run`, after their warm-ups.
+async fn single_vs_empty_on(b: &Bench, run: RunId, p: &Plan) -> Result<(Latency, Latency)> {
     empty_calls(&b.client, p.rtt_warmup).await?;
     single_calls(&b.tracking, run, "warmup", p.rtt_warmup).await?;
     let (mut empty, mut single) = (Vec::with_capacity(p.rtt), Vec::with_capacity(p.rtt));
@@ -888,6 +949,45 @@ async fn single_vs_empty(b: Arc<Bench>, p: Plan) -> Result<(Latency, Latency)> {
         done += k;
     }
     Ok((Latency::of(empty), Latency::of(single)))
+}
+
+/// Cases 1 and 2 with the client node subscribed to `tracking.metrics.logged`, as a
+/// dashboard or a monitor would be: every logged metric's event then goes out on the
+/// wire. Fails unless every call's event arrived.
+async fn watched(b: Arc<Bench>, p: Plan) -> Result<(Latency, Latency)> {
+    let mut sub = b.client.subscribe("tracking.metrics.logged")?;
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    let drain = tokio::spawn(async move {
+        while sub.recv().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    // The tracker's PUB learns of the subscription within the warm-up.
+    let run = start_run(&b.tracking, "bench-log-metric-watched").await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for probe in 0.. {
+        if seen.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no event reached the watcher in 5 s"
+        );
+        single_range(&b.tracking, run, "probe", probe, 1).await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = seen.load(std::sync::atomic::Ordering::Relaxed);
+    let out = single_vs_empty_on(&b, run, &p).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = seen.load(std::sync::atomic::Ordering::Relaxed) - before;
+    drain.abort();
+    ensure!(
+        got >= p.rtt_warmup + p.rtt,
+        "the watcher saw {got} events of {}",
+        p.rtt_warmup + p.rtt
+    );
+    Ok(out)
 }
 
 /// A batch of `size` metrics `key`, steps `k*size .. (k+1)*size`.
