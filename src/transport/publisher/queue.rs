@@ -227,17 +227,22 @@ impl Outbox {
 
     /// Takes the oldest batch out, freeing its room.
     pub(crate) fn pop(&self) -> Option<Batch> {
-        let (batch, wake) = {
+        self.pop_with_backlog().map(|(batch, _)| batch)
+    }
+
+    /// As [`Outbox::pop`], and whether more batches were left behind it.
+    pub(crate) fn pop_with_backlog(&self) -> Option<(Batch, bool)> {
+        let (batch, backlog, wake) = {
             let mut state = self.lock();
             let batch = state.batches.pop_front()?;
             state.events -= batch.body.count();
             state.bytes -= batch.body.len();
-            (batch, state.waiting > 0)
+            (batch, !state.batches.is_empty(), state.waiting > 0)
         };
         if wake {
             self.room.notify_waiters();
         }
-        Some(batch)
+        Some((batch, backlog))
     }
 
     /// Counts the caller as waiting for room until the guard is dropped (also when its
