@@ -134,6 +134,14 @@ async fn describe(inner: &Arc<Inner>, endpoint: &str) -> Result<Describe, String
 /// Puts a described node in the table (or refreshes it) and wires up its sockets.
 fn admit(inner: &Arc<Inner>, endpoint: &str, mut d: Describe, via: Via) {
     inner.rejoin.answered(endpoint, &d.id);
+    // A configured seed that introduced itself first (its describe of this node arrived
+    // before this node's own describe of it answered, e.g. after a timeout) is a seed.
+    let via = match via {
+        Via::Introduction if inner.config.discovery.seeds.iter().any(|s| s == endpoint) => {
+            Via::Seed
+        }
+        via => via,
+    };
     if d.id == inner.id {
         inner.clients.remove(endpoint);
         return;
