@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -315,9 +316,10 @@ fn reply_raw(
     let Some(msg) = encode_reply(inner, route, re, topic, status, data) else {
         return;
     };
-    // Queued at once when the client's queue has room (no future, no task); otherwise
-    // sent from a task, so that one slow client cannot stall the receive loop (the
-    // ROUTER's per-peer queue is bounded).
+    // Queued at once when the ROUTER has this one client and room for it (no future).
+    // Otherwise (several clients: zmq.rs's map of peers is only reached by an async
+    // lookup) the send is polled once here, and given a task only if it has to wait, so
+    // that one slow client cannot stall the receive loop (its queue is bounded).
     let msg = match send.try_send(msg) {
         Ok(None) => return,
         Ok(Some(msg)) => msg,
@@ -327,11 +329,16 @@ fn reply_raw(
         }
     };
     let mut send = send.clone();
-    tokio::spawn(async move {
+    let mut sending = Box::pin(async move {
         if let Err(e) = send.send(msg).await {
             tracing::debug!(error = %e, "reply not delivered (client gone)");
         }
     });
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    if sending.as_mut().poll(&mut cx).is_pending() {
+        // The task polls it again with a real waker, which every future re-registers.
+        tokio::spawn(sending);
+    }
 }
 
 /// The reply message: the routing frames, then the reply envelope.
