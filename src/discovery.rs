@@ -122,12 +122,9 @@ async fn describe(inner: &Arc<Inner>, endpoint: &str) -> Result<Describe, String
         .call(id, frame, deadline)
         .await
         .map_err(|s| s.to_string())?;
-    match reply.body {
-        Body::Reply { status, .. } if status.is_ok() => {
-            from_payload::<Describe>(&reply.data).map_err(|e| e.to_string())
-        }
-        Body::Reply { status, .. } => Err(status.to_string()),
-        _ => Err("not a reply".into()),
+    match reply {
+        Ok(data) => from_payload::<Describe>(&data).map_err(|e| e.to_string()),
+        Err(status) => Err(status.to_string()),
     }
 }
 

@@ -243,7 +243,7 @@ pub(crate) struct Inner {
     pub(crate) control_tx: mpsc::Sender<Outgoing>,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) local_outstanding: std::sync::atomic::AtomicUsize,
-    pub(crate) serving: Arc<Semaphore>,
+    pub(crate) serving: crate::transport::server::Bound,
     pub(crate) counters: Counters,
     pub(crate) closing: AtomicBool,
     /// Shutdown asks the publisher to send what is queued, then the goodbye.
@@ -619,7 +619,7 @@ impl NodeBuilder {
             control_tx,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             local_outstanding: Default::default(),
-            serving: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            serving: crate::transport::server::Bound::new(limits.max_concurrent_requests),
             counters: Counters::default(),
             closing: AtomicBool::new(false),
             leaving: CancellationToken::new(),

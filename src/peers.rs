@@ -105,6 +105,10 @@ pub(crate) struct Liveness {
     /// Set when its PUB connection dropped; cleared by traffic.
     disconnected: AtomicBool,
     pub(crate) outstanding: AtomicUsize,
+    /// The client of the peer's rpc endpoint, kept here so that a call finds it without
+    /// a lookup by endpoint in [`crate::transport::client::Clients`]; valid while it
+    /// [`serves`](crate::transport::client::PeerClient::serves) the peer's endpoint.
+    pub(crate) client: std::sync::OnceLock<Arc<crate::transport::client::PeerClient>>,
 }
 
 impl Liveness {
@@ -115,6 +119,7 @@ impl Liveness {
             interval_ms: AtomicU32::new(interval_ms.max(1)),
             disconnected: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
+            client: std::sync::OnceLock::new(),
         };
         l.touch();
         l
@@ -358,14 +363,23 @@ impl PeerTable {
         &self,
         topic: &Topic,
     ) -> Vec<(NodeId, Arc<str>, Arc<str>, Arc<Liveness>)> {
-        self.peers
-            .values()
-            .filter(|p| p.state == PeerState::Alive && p.serves.contains(topic))
+        self.serving(topic)
             .map(|p| {
-                let d = &p.describe;
-                (d.id, p.route.0.clone(), p.route.1.clone(), p.live.clone())
+                (
+                    p.describe.id,
+                    p.route.0.clone(),
+                    p.route.1.clone(),
+                    p.live.clone(),
+                )
             })
             .collect()
+    }
+
+    /// Alive peers serving `topic`, borrowed (nothing cloned or collected).
+    pub(crate) fn serving<'a>(&'a self, topic: &'a Topic) -> impl Iterator<Item = &'a Peer> + 'a {
+        self.peers
+            .values()
+            .filter(move |p| p.state == PeerState::Alive && p.serves.contains(topic))
     }
 
     pub(crate) fn infos(&self) -> Vec<PeerInfo> {

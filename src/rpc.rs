@@ -12,7 +12,7 @@ use mlmesh_protocol::{Body, Code, Envelope, MessageId, NodeId, Status, Topic, PR
 use crate::handler::Ctx;
 use crate::node::{bump, Ack, CallOptions, Inner, NodeHandle};
 use crate::peers::Liveness;
-use crate::transport::server::run_handler;
+use crate::transport::server::{run_handler, Slot};
 
 /// Attempts per call, the first included.
 const MAX_ATTEMPTS: usize = 3;
@@ -66,12 +66,19 @@ pub(crate) async fn call(
         ));
     }
     let _slot = acquire_slot(inner, deadline).await?;
-    let id = options.id.unwrap_or_default();
+    // One read of the wall clock for the id and the first attempt's envelope.
+    let mut time = mlmesh_protocol::now_nanos();
+    let id = options.id.unwrap_or_else(|| MessageId::at(time));
     let mut tried: Vec<NodeId> = Vec::new();
     let mut last: Option<Status> = None;
     for attempt in 0..MAX_ATTEMPTS {
         // One clock read per call in the usual case (one attempt).
-        let now = if attempt == 0 { start } else { Instant::now() };
+        let now = if attempt == 0 {
+            start
+        } else {
+            time = mlmesh_protocol::now_nanos();
+            Instant::now()
+        };
         let provider = match options.target {
             Some(target) if tried.is_empty() => Some(resolve_target(inner, &topic, target)?),
             Some(_) => None,
@@ -85,7 +92,7 @@ pub(crate) async fn call(
             &topic,
             id,
             data.clone(),
-            (now, deadline),
+            (now, time, deadline),
         )
         .await
         {
@@ -131,12 +138,14 @@ pub(crate) async fn broadcast(
             ),
         ));
     }
-    let id = MessageId::new();
+    let time = mlmesh_protocol::now_nanos();
+    let id = MessageId::at(time);
     let calls = providers.into_iter().map(|p| {
         let data = data.clone();
         let topic = topic.clone();
         async move {
-            let result = call_one(inner, handle, &p, &topic, id, data, (start, deadline)).await;
+            let result =
+                call_one(inner, handle, &p, &topic, id, data, (start, time, deadline)).await;
             let (node, name) = match &p {
                 Provider::Local => (inner.id, inner.config.node.name.clone()),
                 Provider::Remote { id, name, .. } => (*id, name.to_string()),
@@ -206,25 +215,43 @@ fn providers(inner: &Inner, topic: &Topic) -> Vec<Provider> {
     out
 }
 
-/// The live provider with the fewest outstanding requests; ties rotate.
+/// The live provider with the fewest outstanding requests; ties rotate. Two walks over
+/// the candidates under the peer table's lock (count, then choose) and one clone, of the
+/// provider chosen: nothing is collected per call.
 fn pick(inner: &Inner, topic: &Topic, tried: &[NodeId]) -> Option<Provider> {
     static ROTATE: AtomicUsize = AtomicUsize::new(0);
-    let candidates: Vec<Provider> = providers(inner, topic)
-        .into_iter()
-        .filter(|p| !tried.contains(&p.id(inner)))
-        .collect();
-    if candidates.is_empty() {
+    let local = !tried.contains(&inner.id) && inner.handlers.contains_key(topic);
+    let peers = inner.peers();
+    // `None` stands for this node.
+    let candidates = || {
+        peers
+            .serving(topic)
+            .filter(|p| !tried.contains(&p.describe.id))
+            .map(Some)
+            .chain(local.then_some(None))
+    };
+    let n = candidates().count();
+    if n == 0 {
         return None;
     }
-    let load = |p: &Provider| match p {
-        Provider::Local => inner.local_outstanding.load(Ordering::Relaxed),
-        Provider::Remote { live, .. } => live.outstanding.load(Ordering::Relaxed),
+    let start = ROTATE.fetch_add(1, Ordering::Relaxed) % n;
+    let load = |c: &Option<&crate::peers::Peer>| match c {
+        None => inner.local_outstanding.load(Ordering::Relaxed),
+        Some(p) => p.live.outstanding.load(Ordering::Relaxed),
     };
-    let start = ROTATE.fetch_add(1, Ordering::Relaxed) % candidates.len();
-    (0..candidates.len())
-        .map(|i| &candidates[(start + i) % candidates.len()])
-        .min_by_key(|p| load(p))
-        .cloned()
+    // The least loaded; among equals, the first from `start` on (in a rotated order).
+    let (_, best) = candidates()
+        .enumerate()
+        .min_by_key(|(j, c)| (load(c), (j + n - start) % n))?;
+    Some(match best {
+        None => Provider::Local,
+        Some(p) => Provider::Remote {
+            id: p.describe.id,
+            name: p.route.0.clone(),
+            endpoint: p.route.1.clone(),
+            live: p.live.clone(),
+        },
+    })
 }
 
 /// Counts an outstanding request for as long as it lives.
@@ -250,7 +277,7 @@ async fn call_one(
     topic: &Topic,
     id: MessageId,
     data: Bytes,
-    (now, deadline): (Instant, Instant),
+    (now, time, deadline): (Instant, u64, Instant),
 ) -> Result<Bytes, Status> {
     let remaining = deadline.saturating_duration_since(now);
     if remaining.is_zero() {
@@ -263,34 +290,40 @@ async fn call_one(
         }
         Provider::Remote { endpoint, live, .. } => {
             let _count = Outstanding::new(&live.outstanding);
-            let env = Envelope {
-                version: PROTOCOL_VERSION,
-                id,
-                topic: topic.clone(),
-                source: inner.id,
-                time: mlmesh_protocol::now_nanos(),
-                body: Body::Request {
-                    deadline_ms: u32::try_from(remaining.as_millis())
-                        .unwrap_or(u32::MAX)
-                        .max(1),
-                },
-                data,
+            // Built, encoded and dropped before the wait, so that the call's future does
+            // not hold the envelope.
+            let frame = {
+                let env = Envelope {
+                    version: PROTOCOL_VERSION,
+                    id,
+                    topic: topic.clone(),
+                    source: inner.id,
+                    time,
+                    body: Body::Request {
+                        deadline_ms: u32::try_from(remaining.as_millis())
+                            .unwrap_or(u32::MAX)
+                            .max(1),
+                    },
+                    data,
+                };
+                inner.codec.encode(&env).map_err(|e| e.to_status())?
             };
-            let frame = inner.codec.encode(&env).map_err(|e| e.to_status())?;
-            let timeout = std::time::Duration::from_millis(inner.config.limits.connect_timeout_ms);
-            let client = inner
-                .clients
-                .get(endpoint, inner.codec, timeout, &inner.cancel);
-            let reply = client.call(id, frame, deadline).await?;
+            let cached = live.client.get().filter(|c| c.serves(endpoint));
+            let client = match cached {
+                Some(c) => c.clone(),
+                None => {
+                    let timeout =
+                        std::time::Duration::from_millis(inner.config.limits.connect_timeout_ms);
+                    let c = inner
+                        .clients
+                        .get(endpoint, inner.codec, timeout, &inner.cancel);
+                    let _ = live.client.set(c.clone());
+                    c
+                }
+            };
+            let answer = client.call(id, frame, deadline).await?;
             live.touch();
-            match reply.body {
-                Body::Reply { status, .. } if status.is_ok() => Ok(reply.data),
-                Body::Reply { status, .. } => Err(status),
-                _ => Err(Status::error(
-                    Code::Internal,
-                    "the provider answered with a non-reply",
-                )),
-            }
+            answer
         }
     }
 }
@@ -324,7 +357,7 @@ async fn call_local(
         )
         .with_field("type"));
     };
-    let Ok(permit) = inner.serving.clone().try_acquire_owned() else {
+    if !inner.serving.try_take() {
         bump(&inner.counters.requests_refused, 1);
         return Err(Status::error(
             Code::ResourceExhausted,
@@ -333,7 +366,8 @@ async fn call_local(
                 inner.config.node.name, inner.config.limits.max_concurrent_requests
             ),
         ));
-    };
+    }
+    let slot = Slot(inner.clone());
     let ctx = Ctx {
         node: handle.clone(),
         topic: topic.clone(),
@@ -341,10 +375,9 @@ async fn call_local(
         id,
         deadline,
     };
-    let task_inner = inner.clone();
     let task = inner.handler_tasks.spawn(async move {
-        let _permit = permit;
-        run_handler(&task_inner, handler.as_ref(), data, ctx).await
+        let slot = slot;
+        run_handler(&slot.0, handler.as_ref(), data, ctx).await
     });
     let reply = match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), task).await
     {

@@ -185,6 +185,72 @@ async fn a_handler_slower_than_the_deadline_gives_deadline_exceeded() {
     shutdown_all(vec![caller, provider]).await;
 }
 
+/// Deadlines are kept per connection (one wake for the earliest): a call with a short
+/// deadline sent after one with a long deadline still ends at its own, and the long one
+/// at its own, and a reply that comes in time is not cut short by either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_on_one_connection_each_end_at_their_own_deadline() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let provider = start(sleeper(
+        Node::builder(local("provider", &mesh)),
+        "work.sleep",
+        entered.clone(),
+    ))
+    .await;
+    let caller = plain(seeded("caller", &mesh, &provider)).await;
+    wait_peers(&caller, 1).await;
+    let _: u64 = caller
+        .request_with("work.sleep", &0u64, deadline(2000))
+        .await
+        .expect("a fast call warms the connection");
+
+    let margin = Duration::from_millis(400);
+    let timed = |sleep_ms: u64, deadline_ms: u64| {
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = caller
+                .request_with::<_, u64>("work.sleep", &sleep_ms, deadline(deadline_ms))
+                .await;
+            (r, t.elapsed())
+        })
+    };
+    let long = timed(2500, 1500);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let short = timed(2500, 200);
+    let in_time = timed(100, 1000);
+    let (r, took) = short.await.expect("the short call's task");
+    assert_eq!(
+        r.expect_err("2.5 s of work, 200 ms of deadline").code,
+        Code::DeadlineExceeded
+    );
+    let limit = Duration::from_millis(200);
+    assert!(
+        took >= limit && took < limit + margin,
+        "the short call ended after {took:?}"
+    );
+    let (r, took) = in_time.await.expect("the call in time's task");
+    assert_eq!(r.expect("100 ms of work, 1 s of deadline"), 100);
+    assert!(
+        took < Duration::from_millis(1000),
+        "the call in time took {took:?}"
+    );
+    let (r, took) = long.await.expect("the long call's task");
+    assert_eq!(
+        r.expect_err("2.5 s of work, 1.5 s of deadline").code,
+        Code::DeadlineExceeded
+    );
+    let limit = Duration::from_millis(1500);
+    assert!(
+        took >= limit && took < limit + margin,
+        "the long call ended after {took:?}"
+    );
+    assert_eq!(hits(&entered), 4, "every call reached the handler");
+    shutdown_all(vec![caller, provider]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_does_not_serve_the_topic_answers_unimplemented() {
     init_tracing();

@@ -164,6 +164,29 @@ impl Codec {
         decode_one(frame, None)
     }
 
+    /// As [`decode`](Self::decode), for the instruction path: a request or reply laid out
+    /// as this crate writes one, whose `type` `resolve` maps to a topic the caller already
+    /// holds (a served topic, the topic of the last reply), is read by position, with
+    /// that topic shared instead of validated and allocated again (the tests compare both
+    /// paths on every envelope they decode). Anything else takes [`decode`](Self::decode)'s
+    /// path and result.
+    pub fn decode_with(
+        &self,
+        frame: &Bytes,
+        resolve: impl FnOnce(&[u8]) -> Option<Topic>,
+    ) -> Result<Envelope, DecodeError> {
+        self.check_size(frame)?;
+        let mut r = Reader::new(frame);
+        if let Some(env) = r.attempt(|r| {
+            let env = wire::read_instruction(r, frame, resolve)?;
+            r.end().ok()?;
+            Some(env)
+        }) {
+            return Ok(env);
+        }
+        decode_one(frame, None)
+    }
+
     /// Decodes an event frame: one envelope, or a batch of envelopes (an array).
     pub fn decode_frame(&self, frame: &Bytes) -> Result<Vec<Envelope>, DecodeError> {
         let mut out = Vec::new();
@@ -603,6 +626,80 @@ mod tests {
             for v in variants {
                 let v = Bytes::from(v);
                 assert_eq!(run(true, &v), run(false, &v), "{v:x?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 5000);
+    }
+
+    #[test]
+    fn the_instruction_fast_path_agrees_with_the_general_path() {
+        let c = Codec::default();
+        let t = topic("a.b");
+        let known = |name: &[u8]| (name == t.as_str().as_bytes()).then(|| t.clone());
+        // Every width of time, deadline and data, for requests; then replies with each
+        // shape of status; then envelopes the fast path must leave to the general one.
+        let mut frames = Vec::new();
+        let mut read_fast = Vec::new();
+        for (time, deadline, len) in [
+            (0, 1, 0),
+            (127, 128, 1),
+            (255, 256, 255),
+            (65_535, 65_536, 256),
+            (u64::from(u32::MAX), u32::MAX, 70_000),
+        ] {
+            let mut req = Envelope::request(
+                t.clone(),
+                NodeId::new(),
+                deadline,
+                Bytes::from(vec![0xc0; len]),
+            );
+            req.time = time;
+            for status in [
+                Status::ok(),
+                Status::error(Code::NotFound, "no such run"),
+                Status::error(Code::InvalidArgument, "bad").with_field("data.x"),
+            ] {
+                let mut rep = Envelope::reply_to(&req, NodeId::new(), status, req.data.clone());
+                rep.time = time;
+                read_fast.push(rep);
+            }
+            read_fast.push(req);
+        }
+        for env in &read_fast {
+            let frame = Bytes::from(c.encode(env).expect("encode"));
+            let mut r = read::Reader::new(&frame);
+            assert_eq!(
+                wire::read_instruction(&mut r, &frame, known).as_ref(),
+                Some(env),
+                "the fast path reads what the encoder writes"
+            );
+            frames.push(frame.to_vec());
+        }
+        let ev = Envelope::event(t.clone(), NodeId::new(), 1, Bytes::from_static(b"\x80"));
+        frames.push(c.encode(&ev).expect("encode"));
+        let other = Envelope::request(topic("a.c"), NodeId::new(), 5, Bytes::from_static(b"\x80"));
+        frames.push(c.encode(&other).expect("encode"));
+        let mut checked = 0;
+        for frame in &frames {
+            let mut variants = vec![frame.clone()];
+            for i in 0..frame.len().min(300) {
+                for delta in [1u8, 0x80, 0xff] {
+                    let mut edited = frame.clone();
+                    edited[i] = edited[i].wrapping_add(delta);
+                    variants.push(edited);
+                }
+                variants.push(frame[..i].to_vec());
+            }
+            let mut longer = frame.clone();
+            longer.push(0xc0);
+            variants.push(longer);
+            for v in variants {
+                let v = Bytes::from(v);
+                assert_eq!(c.decode_with(&v, known), c.decode(&v), "{v:x?}");
+                // A resolver that names another topic is not believed.
+                let wrong = |_: &[u8]| Some(topic("a.c"));
+                assert_eq!(c.decode_with(&v, wrong), c.decode(&v), "{v:x?}");
                 checked += 1;
             }
         }

@@ -165,6 +165,14 @@ impl TryFrom<&str> for Topic {
     }
 }
 
+/// A map keyed by topics can be searched with the bytes of a frame, as a `&str`, without
+/// building a `Topic` (`Topic`'s `Hash` and `Eq` are those of its text).
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for Topic {
     fn as_ref(&self) -> &str {
         &self.0

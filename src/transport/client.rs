@@ -21,12 +21,25 @@ use zeromq::{
     DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqError, ZmqMessage,
 };
 
-use mlmesh_protocol::{Body, Code, Codec, Envelope, MessageId, Status};
+use mlmesh_protocol::{Body, Code, Codec, Envelope, MessageId, Status, Topic};
 
 /// Requests queued towards one endpoint while it is not connected.
 const QUEUE: usize = 1024;
 
-type Pending = Mutex<HashMap<MessageId, oneshot::Sender<Envelope>>>;
+/// What a provider answered: its reply payload, or the error status it replied with.
+pub(crate) type Answer = Result<Bytes, Status>;
+
+/// A call waiting for its reply: `Err` when its deadline passes first.
+#[derive(Debug)]
+struct Waiting {
+    reply: oneshot::Sender<Result<Answer, Status>>,
+    /// The deadline, in whole milliseconds (rounded up) since the client's `epoch`.
+    deadline_ms: u64,
+    /// [`Shared::replies`] when the request was sent.
+    replies_before: u64,
+}
+
+type Pending = Mutex<HashMap<MessageId, Waiting>>;
 
 /// What a client and its supervisor task share.
 #[derive(Debug)]
@@ -41,6 +54,12 @@ struct Shared {
     /// was sent suspects the connection (no clock needed).
     replies: AtomicU64,
     rebuild: Notify,
+    /// Deadlines are kept by one task per client instead of a timer per call: this is the
+    /// earliest one it is set to wake for, in ms since `epoch` (`u64::MAX`: none), and
+    /// `expire` wakes it when a call needs an earlier wake.
+    epoch: Instant,
+    armed_ms: AtomicU64,
+    expire: Notify,
     cancel: CancellationToken,
 }
 
@@ -59,6 +78,8 @@ impl std::fmt::Debug for DealerSendHalfDebug {
 pub(crate) struct PeerClient {
     shared: Arc<Shared>,
     queue: mpsc::Sender<ZmqMessage>,
+    /// Taken out of [`Clients`] (retired or removed): new calls must not use it.
+    taken: std::sync::atomic::AtomicBool,
 }
 
 /// Every client of a node, by endpoint.
@@ -112,10 +133,13 @@ impl Clients {
     }
 
     fn take(&self, endpoint: &str) -> Option<Arc<PeerClient>> {
-        self.map
+        let c = self
+            .map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(endpoint)
+            .remove(endpoint)?;
+        c.taken.store(true, Ordering::Release);
+        Some(c)
     }
 
     pub(crate) fn close_all(&self) {
@@ -126,6 +150,7 @@ impl Clients {
             .drain()
             .collect();
         for (_, c) in all {
+            c.taken.store(true, Ordering::Release);
             c.close();
         }
     }
@@ -147,10 +172,26 @@ impl PeerClient {
             connection: RwLock::new(None),
             replies: AtomicU64::new(0),
             rebuild: Notify::new(),
+            epoch: Instant::now(),
+            armed_ms: AtomicU64::new(u64::MAX),
+            expire: Notify::new(),
             cancel,
         });
         tokio::spawn(supervise(shared.clone(), rx));
-        Arc::new(Self { shared, queue })
+        tokio::spawn(expire(shared.clone()));
+        Arc::new(Self {
+            shared,
+            queue,
+            taken: false.into(),
+        })
+    }
+
+    /// Whether new calls to `endpoint` may use this client (a handle kept outside
+    /// [`Clients`], as a peer's liveness keeps one, must ask).
+    pub(crate) fn serves(&self, endpoint: &str) -> bool {
+        !self.taken.load(Ordering::Acquire)
+            && !self.shared.cancel.is_cancelled()
+            && self.shared.endpoint == endpoint
     }
 
     fn close(&self) {
@@ -170,44 +211,72 @@ impl PeerClient {
             .is_empty()
     }
 
-    /// Sends one encoded request and waits for its reply until `deadline`.
+    /// Sends one encoded request and waits for its reply until `deadline` (kept by the
+    /// client's expiry task: the call has no timer of its own). `Ok` holds what the
+    /// provider answered, its error status included; `Err`, a reply that did not come.
     pub(crate) async fn call(
         &self,
         id: MessageId,
         frame: Vec<u8>,
         deadline: Instant,
-    ) -> Result<Envelope, Status> {
+    ) -> Result<Answer, Status> {
         let shared = &self.shared;
         let (reply_tx, reply_rx) = oneshot::channel();
+        let replies_before = shared.replies.load(Ordering::Relaxed);
+        let deadline_ms = shared.ms_since_epoch(deadline, true);
         shared
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, reply_tx);
+            .insert(
+                id,
+                Waiting {
+                    reply: reply_tx,
+                    deadline_ms,
+                    replies_before,
+                },
+            );
         let _cleanup = RemoveOnDrop(&shared.pending, id);
-        let replies_before = shared.replies.load(Ordering::Relaxed);
+        // The expiry task wakes for the earliest deadline; it is told only when this one
+        // is earlier (the first call after a quiet time, or a shorter deadline).
+        if shared.armed_ms.fetch_min(deadline_ms, Ordering::AcqRel) > deadline_ms {
+            shared.expire.notify_one();
+        }
         let mut msg = ZmqMessage::from(Bytes::new());
         msg.push_back(Bytes::from(frame));
         let deadline = tokio::time::Instant::from_std(deadline);
-        let outcome = tokio::time::timeout_at(deadline, async {
-            self.send(msg).await?;
-            reply_rx.await.map_err(|_| lost())
-        })
-        .await;
-        match outcome {
-            Ok(r) => r,
-            Err(_) => {
-                // No reply on this connection since the request went out: the
-                // connection may be dead without zmq.rs noticing; build a new one.
-                if shared.replies.load(Ordering::Relaxed) == replies_before {
-                    shared.rebuild.notify_one();
-                }
-                Err(Status::error(
-                    Code::DeadlineExceeded,
-                    format!("no reply from {} by the deadline", shared.endpoint),
-                ))
+        if let Some(msg) = self.send_now(msg)? {
+            // No connection, or its queue is full: wait for one or for room. Rare, and
+            // boxed, so that the usual call's future stays small.
+            match Box::pin(tokio::time::timeout_at(deadline, self.send(msg))).await {
+                Ok(sent) => sent?,
+                Err(_) => return Err(self.timed_out(replies_before)),
             }
         }
+        // No timer of its own: the expiry task answers it at the deadline.
+        reply_rx.await.unwrap_or_else(|_| Err(lost()))
+    }
+
+    fn timed_out(&self, replies_before: u64) -> Status {
+        self.shared.timed_out(replies_before)
+    }
+
+    /// Queues `msg` on the live connection if that needs no wait (the usual case: no
+    /// future, no task hop); hands it back when there is no connection or no room.
+    fn send_now(&self, msg: ZmqMessage) -> Result<Option<ZmqMessage>, Status> {
+        let connection = self
+            .shared
+            .connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(DealerSendHalfDebug(half)) = connection.as_ref() else {
+            return Ok(Some(msg));
+        };
+        half.try_send(msg).map_err(|e| {
+            tracing::debug!(endpoint = %self.shared.endpoint, error = %e, "send failed");
+            self.shared.rebuild.notify_one();
+            not_sent()
+        })
     }
 
     /// On the live connection if there is one, else through the supervisor's queue.
@@ -236,6 +305,29 @@ impl PeerClient {
 }
 
 impl Shared {
+    /// Whole milliseconds from `epoch` to `t`, rounded up or down.
+    fn ms_since_epoch(&self, t: Instant, up: bool) -> u64 {
+        let d = t.saturating_duration_since(self.epoch);
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1);
+        if up && !d.subsec_nanos().is_multiple_of(1_000_000) {
+            ms.saturating_add(1).min(u64::MAX - 1)
+        } else {
+            ms
+        }
+    }
+
+    /// A call's deadline passed. No reply on this connection since the request went
+    /// out: the connection may be dead without zmq.rs noticing; build a new one.
+    fn timed_out(&self, replies_before: u64) -> Status {
+        if self.replies.load(Ordering::Relaxed) == replies_before {
+            self.rebuild.notify_one();
+        }
+        Status::error(
+            Code::DeadlineExceeded,
+            format!("no reply from {} by the deadline", self.endpoint),
+        )
+    }
+
     fn set_connection(&self, half: Option<DealerSendHalf>) {
         *self.connection.write().unwrap_or_else(|e| e.into_inner()) = half.map(DealerSendHalfDebug);
     }
@@ -310,11 +402,12 @@ async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
         // the waiting caller. It ends with the connection.
         let reading = shared.clone();
         let reader = AbortOnDrop(tokio::spawn(async move {
+            let mut topic = None;
             loop {
                 match recv.recv().await {
                     Ok(msg) => {
                         reading.replies.fetch_add(1, Ordering::Relaxed);
-                        deliver(&reading.codec, &reading.pending, msg);
+                        deliver(&reading.codec, &reading.pending, msg, &mut topic);
                     }
                     Err(e) => {
                         tracing::debug!(endpoint = %reading.endpoint, error = %e, "receive failed");
@@ -356,6 +449,43 @@ async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
     }
 }
 
+/// Answers DEADLINE_EXCEEDED to the calls whose deadline passed, waking once for the
+/// earliest deadline: one timer per client instead of one per call (a timer's
+/// registration and removal took a lock of Tokio's timer wheel on every call). It ends
+/// with the client; calls still waiting then end as [`PeerClient::close`] ends them.
+async fn expire(shared: Arc<Shared>) {
+    loop {
+        let armed = shared.armed_ms.load(Ordering::Acquire);
+        let wake = (armed != u64::MAX)
+            .then(|| shared.epoch.checked_add(Duration::from_millis(armed)))
+            .flatten();
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = shared.expire.notified() => continue,
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                wake.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+            )), if wake.is_some() => {}
+        }
+        // Unarmed before the scan: a call registered meanwhile arms it again (and
+        // notifies), so that no deadline is missed.
+        shared.armed_ms.store(u64::MAX, Ordering::Release);
+        let now_ms = shared.ms_since_epoch(Instant::now(), false);
+        let (expired, next) = {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let expired: Vec<Waiting> = pending
+                .extract_if(|_, w| w.deadline_ms <= now_ms)
+                .map(|(_, w)| w)
+                .collect();
+            let next = pending.values().map(|w| w.deadline_ms).min();
+            (expired, next.unwrap_or(u64::MAX))
+        };
+        shared.armed_ms.fetch_min(next, Ordering::AcqRel);
+        for w in expired {
+            let _ = w.reply.send(Err(shared.timed_out(w.replies_before)));
+        }
+    }
+}
+
 /// Aborts a task when dropped (the reader of a connection that is being replaced).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -366,24 +496,46 @@ impl Drop for AbortOnDrop {
 }
 
 /// Hands a reply to the caller waiting for it; strays (late or unknown) are dropped.
-fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage) {
+/// `topic` is the topic of the last reply: a reply of the same topic (the usual case)
+/// is read by position, sharing it.
+fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option<Topic>) {
     let frames = msg.into_vec();
     let Some(body) = frames.last() else { return };
-    let env = match codec.decode(body) {
+    let resolve = |name: &[u8]| {
+        topic
+            .as_ref()
+            .filter(|t| t.as_str().as_bytes() == name)
+            .cloned()
+    };
+    let env = match codec.decode_with(body, resolve) {
         Ok(env) => env,
         Err(e) => {
             tracing::debug!(error = %e, "undecodable reply dropped");
             return;
         }
     };
-    let Body::Reply { re, .. } = env.body else {
+    let Envelope {
+        topic: reply_topic,
+        body: Body::Reply { re, status },
+        data,
+        ..
+    } = env
+    else {
         return;
     };
+    if topic.as_ref() != Some(&reply_topic) {
+        *topic = Some(reply_topic);
+    }
     let waiter = pending
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&re);
     if let Some(w) = waiter {
-        let _ = w.send(env);
+        let answer = if status.is_ok() {
+            Ok(data)
+        } else {
+            Err(status)
+        };
+        let _ = w.reply.send(Ok(answer));
     }
 }

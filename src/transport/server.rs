@@ -7,17 +7,18 @@
 
 use std::net::Ipv4Addr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::future::Future;
-use std::task::Context;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::FutureExt;
-use tokio_util::task::TaskTracker;
-use zeromq::{RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{
+    RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage,
+};
 
 use mlmesh_protocol::{Body, Code, Envelope, Kind, MessageId, Status, Topic};
 
@@ -40,13 +41,19 @@ pub(crate) async fn bind(
 }
 
 pub(crate) async fn run(inner: Arc<Inner>, socket: RouterSocket) {
-    let (send, mut recv) = socket.split();
+    let (send, recv) = socket.split();
+    // The receive loop has no branch for the node's cancellation: polling the token
+    // registers (and on a message, unregisters) a waiter under the token's lock, twice per
+    // request. It is aborted instead, and ends (with the socket) before this returns.
+    let receiving = tokio::spawn(receive(inner.clone(), send, recv));
+    inner.cancel.cancelled().await;
+    receiving.abort();
+    let _ = receiving.await;
+}
+
+async fn receive(inner: Arc<Inner>, send: RouterSendHalf, mut recv: RouterRecvHalf) {
     loop {
-        let msg = tokio::select! {
-            _ = inner.cancel.cancelled() => return,
-            msg = recv.recv() => msg,
-        };
-        match msg {
+        match recv.recv().await {
             Ok(msg) => accept(&inner, &send, msg),
             Err(e) => {
                 tracing::debug!(error = %e, "ROUTER receive failed");
@@ -56,7 +63,7 @@ pub(crate) async fn run(inner: Arc<Inner>, socket: RouterSocket) {
     }
 }
 
-/// Decodes one request and starts its handler, or answers at once.
+/// Decodes one request and runs its handler, or answers at once.
 fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
     let mut frames = msg.into_vec();
     // [identity, (routing...,) empty, envelope]: the last frame is the envelope; all
@@ -66,7 +73,16 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
         return;
     }
     let route = frames;
-    let request = match inner.codec.decode(&body) {
+    // A request for a served topic is read by position, its topic and handler found with
+    // one lookup by the frame's bytes (no topic validated or allocated per request).
+    let mut served = None;
+    let resolve = |name: &[u8]| {
+        let name = std::str::from_utf8(name).ok()?;
+        let (topic, handler) = inner.handlers.get_key_value(name)?;
+        served = Some(handler.clone());
+        Some(topic.clone())
+    };
+    let request = match inner.codec.decode_with(&body, resolve) {
         Ok(env) if env.kind() == Kind::Request => env,
         Ok(env) => {
             bump(&inner.counters.frames_rejected, 1);
@@ -120,11 +136,13 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
         bump(&inner.counters.frames_rejected, 1);
         return reply(inner, send, route, &request, e.to_status(), Bytes::new());
     }
-    if let Some(result) = inner.sys_reply(&request.topic, &request.data) {
-        let (status, data) = split(result);
-        return reply(inner, send, route, &request, status, data);
+    if served.is_none() {
+        if let Some(result) = inner.sys_reply(&request.topic, &request.data) {
+            let (status, data) = split(result);
+            return reply(inner, send, route, &request, status, data);
+        }
     }
-    let Some(handler) = inner.local_handler(&request.topic) else {
+    let Some(handler) = served.or_else(|| inner.local_handler(&request.topic)) else {
         let status = Status::error(
             Code::Unimplemented,
             format!(
@@ -135,7 +153,7 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
         .with_field("type");
         return reply(inner, send, route, &request, status, Bytes::new());
     };
-    let Ok(permit) = inner.serving.clone().try_acquire_owned() else {
+    if !inner.serving.try_take() {
         bump(&inner.counters.requests_refused, 1);
         let status = Status::error(
             Code::ResourceExhausted,
@@ -145,40 +163,98 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
             ),
         );
         return reply(inner, send, route, &request, status, Bytes::new());
+    }
+    // No check for a deadline passed while waiting: the work starts as the request
+    // arrives (polled at once, and a zero deadline was refused above).
+    let Envelope {
+        id, topic, data, ..
+    } = request;
+    let ctx = Ctx {
+        node: NodeHandle::internal(inner.clone()),
+        topic: topic.clone(),
+        source: request.source,
+        id,
+        deadline,
     };
-    let inner2 = inner.clone();
-    let send = send.clone();
-    run_now_or_spawn(&inner.handler_tasks, async move {
-        let _permit = permit;
-        // No check for a deadline passed while waiting: the work starts as the request
-        // arrives (polled at once, and a zero deadline was refused above).
-        let ctx = Ctx {
-            node: NodeHandle::internal(inner2.clone()),
-            topic: request.topic.clone(),
-            source: request.source,
-            id: request.id,
-            deadline,
-        };
-        let result = run_handler(&inner2, handler.as_ref(), request.data.clone(), ctx).await;
-        let (status, data) = split(result);
-        if let Some(msg) = encode_reply(&inner2, route, request.id, &request.topic, status, data) {
-            if let Err(e) = send.clone().send(msg).await {
-                tracing::debug!(error = %e, "reply not delivered (client gone)");
-            }
+    // The handler is polled once right here, on the receive loop, and its reply sent from
+    // here: most handlers answer without waiting, and a task (or even a boxed future) per
+    // request was the largest cost of a round trip. Only a handler that waits gets a task
+    // (tracked, so that shutdown waits for it), which polls it again with a real waker. A
+    // handler that computes for long without awaiting holds up the receive loop
+    // meanwhile, as it would hold a worker.
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut work = handler.call(data, ctx);
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match work.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => Ok(result),
+            Poll::Pending => Err(work),
         }
-    });
+    }));
+    let result = match polled {
+        Ok(Ok(result)) => result,
+        Ok(Err(work)) => {
+            let slot = Slot(inner.clone());
+            let send = send.clone();
+            inner.handler_tasks.spawn(async move {
+                let inner = &slot.0;
+                let result = match AssertUnwindSafe(work).catch_unwind().await {
+                    Ok(r) => r,
+                    Err(panic) => Err(panicked(inner, panic)),
+                };
+                let (status, data) = split(result);
+                if let Some(msg) = encode_reply(inner, route, id, &topic, status, data) {
+                    if let Err(e) = send.clone().send(msg).await {
+                        tracing::debug!(error = %e, "reply not delivered (client gone)");
+                    }
+                }
+            });
+            return;
+        }
+        Err(panic) => Err(panicked(inner, panic)),
+    };
+    inner.serving.give_back();
+    let (status, data) = split(result);
+    reply_raw(inner, send, route, id, &topic, status, data);
 }
 
-/// Polls `work` once right here, on the receive loop, and spawns it as a tracked task
-/// only if it is not finished: most handlers answer without waiting, and a task per
-/// request was the largest cost of a round trip. A handler that computes for long
-/// without awaiting holds up the receive loop meanwhile, as it would hold a worker.
-fn run_now_or_spawn(tasks: &TaskTracker, work: impl Future<Output = ()> + Send + 'static) {
-    let mut work = Box::pin(work);
-    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-    if work.as_mut().poll(&mut cx).is_pending() {
-        // The task polls it again with a real waker, which every future re-registers.
-        tasks.spawn(work);
+/// The bound on handlers executing at once: a count, so that the usual request (one
+/// that finishes where it is polled) takes and gives back a place with two atomic
+/// operations, where a semaphore's permit locks a mutex on release.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    taken: AtomicUsize,
+    max: usize,
+}
+
+impl Bound {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            taken: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes a place if fewer than `max` are taken; `false` otherwise.
+    pub(crate) fn try_take(&self) -> bool {
+        if self.taken.fetch_add(1, Ordering::AcqRel) < self.max {
+            return true;
+        }
+        self.taken.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Gives back a place taken by [`Bound::try_take`].
+    pub(crate) fn give_back(&self) {
+        self.taken.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A place of [`Inner::serving`] held by a task, given back when it ends.
+pub(crate) struct Slot(pub(crate) Arc<Inner>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.serving.give_back();
     }
 }
 
@@ -195,22 +271,19 @@ pub(crate) async fn run_handler(
         Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
         Err(panic) => Err(panic),
     };
-    match outcome {
-        Ok(r) => r,
-        Err(panic) => {
-            bump(&inner.counters.handler_panics, 1);
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a handler panicked".into());
-            tracing::error!(panic = %what, "handler panicked");
-            Err(Status::error(
-                Code::Internal,
-                format!("handler panicked: {what}"),
-            ))
-        }
-    }
+    outcome.map_err(|panic| panicked(inner, panic))?
+}
+
+/// The INTERNAL status of a handler that panicked, counted and logged.
+fn panicked(inner: &Inner, panic: Box<dyn std::any::Any + Send>) -> Status {
+    bump(&inner.counters.handler_panics, 1);
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a handler panicked".into());
+    tracing::error!(panic = %what, "handler panicked");
+    Status::error(Code::Internal, format!("handler panicked: {what}"))
 }
 
 fn split(result: Reply) -> (Status, Bytes) {
@@ -243,14 +316,29 @@ fn reply_raw(
     let Some(msg) = encode_reply(inner, route, re, topic, status, data) else {
         return;
     };
+    // Queued at once when the ROUTER has this one client and room for it (no future).
+    // Otherwise (several clients: zmq.rs's map of peers is only reached by an async
+    // lookup) the send is polled once here, and given a task only if it has to wait, so
+    // that one slow client cannot stall the receive loop (its queue is bounded).
+    let msg = match send.try_send(msg) {
+        Ok(None) => return,
+        Ok(Some(msg)) => msg,
+        Err(e) => {
+            tracing::debug!(error = %e, "reply not delivered (client gone)");
+            return;
+        }
+    };
     let mut send = send.clone();
-    // Answered from the receive loop: send from a task so that one slow client cannot
-    // stall the loop (the ROUTER's per-peer queue is bounded).
-    tokio::spawn(async move {
+    let mut sending = Box::pin(async move {
         if let Err(e) = send.send(msg).await {
             tracing::debug!(error = %e, "reply not delivered (client gone)");
         }
     });
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    if sending.as_mut().poll(&mut cx).is_pending() {
+        // The task polls it again with a real waker, which every future re-registers.
+        tokio::spawn(sending);
+    }
 }
 
 /// The reply message: the routing frames, then the reply envelope.

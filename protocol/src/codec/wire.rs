@@ -89,6 +89,10 @@ fn write_fields(env: &Envelope, w: &mut Writer) -> Result<(), EncodeError> {
 /// of 8, then `v`: 1.
 const EVENT_HEAD: &[u8] = b"\x88\xa1v\x01\xa2id\xc4\x10";
 const _: () = assert!(PROTOCOL_VERSION == 1, "EVENT_HEAD writes v as 1");
+const _: () = assert!(
+    REQUEST_HEAD.len() == REPLY_HEAD.len(),
+    "a request and a reply differ in their map header only"
+);
 
 /// Reads an event envelope laid out exactly as [`write_envelope`] writes one (the keys of
 /// SPEC 3.1 in order, each once, `v` 1, `kind` "event") whose `type` is `topic`: by
@@ -120,6 +124,67 @@ pub(super) fn read_event(r: &mut Reader<'_>, frame: &Bytes, topic: &Topic) -> Op
         source: NodeId(uuid::Uuid::from_bytes(source)),
         time,
         body: Body::Event { seq },
+        data: frame.slice_ref(data),
+    })
+}
+
+/// The bytes of a request or reply envelope up to its id, as [`write_envelope`] writes
+/// them: a map of 8 (request) or 9 (reply), then `v`: 1.
+const REQUEST_HEAD: &[u8] = b"\x88\xa1v\x01\xa2id\xc4\x10";
+const REPLY_HEAD: &[u8] = b"\x89\xa1v\x01\xa2id\xc4\x10";
+
+/// Reads a request or reply envelope laid out exactly as [`write_envelope`] writes one (the
+/// keys of SPEC 3.1 in order, each once, `v` 1), whose `type` `resolve` turns into a
+/// [`Topic`] with exactly those bytes (a topic the caller already holds: no validation
+/// and no allocation here). As [`read_event`]: the same envelope as the general path for
+/// such bytes, `None` at the first difference (or when `resolve` does not know the
+/// topic), with the reader then anywhere; the caller falls back on the general path.
+#[inline]
+pub(super) fn read_instruction(
+    r: &mut Reader<'_>,
+    frame: &Bytes,
+    resolve: impl FnOnce(&[u8]) -> Option<Topic>,
+) -> Option<Envelope> {
+    let reply = match r.be::<1>()? {
+        [0x88] => false,
+        [0x89] => true,
+        _ => return None,
+    };
+    r.expect(&REQUEST_HEAD[1..])?;
+    let id = r.be::<16>()?;
+    r.expect(b"\xa4type")?;
+    let name = r.str_bytes()?;
+    let topic = resolve(name).filter(|t| t.as_str().as_bytes() == name)?;
+    if reply {
+        r.expect(b"\xa4kind\xa5reply\xa6source\xc4\x10")?;
+    } else {
+        r.expect(b"\xa4kind\xa7request\xa6source\xc4\x10")?;
+    }
+    let source = r.be::<16>()?;
+    r.expect(b"\xa4time")?;
+    let time = r.uint()?;
+    let body = if reply {
+        r.expect(b"\xa2re\xc4\x10")?;
+        let re = MessageId(uuid::Uuid::from_bytes(r.be::<16>()?));
+        r.expect(b"\xa6status")?;
+        // The status map is read as the general path reads it, one container deep.
+        let status = read_status(r, 1)?;
+        Body::Reply { re, status }
+    } else {
+        r.expect(b"\xa8deadline")?;
+        Body::Request {
+            deadline_ms: r.uint()?,
+        }
+    };
+    r.expect(b"\xa4data")?;
+    let data = r.bin()?;
+    Some(Envelope {
+        version: PROTOCOL_VERSION,
+        id: MessageId(uuid::Uuid::from_bytes(id)),
+        topic,
+        source: NodeId(uuid::Uuid::from_bytes(source)),
+        time,
+        body,
         data: frame.slice_ref(data),
     })
 }

@@ -175,6 +175,26 @@ impl GenericSocketBackend {
         }
     }
 
+    /// mlmesh patch (PATCHES.md, 7): queues `message` without waiting when the socket has
+    /// exactly one peer (and it is `expected_peer_id`, if given) and that peer's queue has
+    /// room. `Ok(None)`: queued. `Ok(Some(message))`: not queued (several peers, none, or
+    /// a full queue); the caller sends it with the async path. No future, no allocation.
+    pub(crate) fn try_send_now(
+        &self,
+        message: Message,
+        expected_peer_id: Option<&PeerIdentity>,
+    ) -> ZmqResult<Option<Message>> {
+        match self.try_send_cached_single_peer(message, expected_peer_id) {
+            CachedSend::Sent => Ok(None),
+            CachedSend::Full { message, .. } => Ok(Some(message)),
+            CachedSend::Miss(message) => Ok(Some(message)),
+            CachedSend::Disconnected { peer_id, error } => {
+                self.peer_disconnected(&peer_id);
+                Err(error.into())
+            }
+        }
+    }
+
     fn try_send_cached_single_peer(
         &self,
         message: Message,

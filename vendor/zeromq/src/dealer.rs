@@ -166,6 +166,23 @@ pub struct DealerRecvHalf {
     fair_queue: FairQueue<ZmqFramedRead, PeerIdentity>,
 }
 
+impl DealerSendHalf {
+    /// mlmesh patch (PATCHES.md, 7): queues `message` on the connection if that needs no
+    /// wait (one peer, room in its queue), without a future. `Ok(None)`: queued;
+    /// `Ok(Some(message))`: not queued, send it with [`SocketSend::send`].
+    pub fn try_send(&self, message: ZmqMessage) -> ZmqResult<Option<ZmqMessage>> {
+        match self
+            .inner
+            .backend
+            .try_send_now(Message::Message(message), None)?
+        {
+            None => Ok(None),
+            Some(Message::Message(m)) => Ok(Some(m)),
+            Some(_) => Err(ZmqError::Socket("only messages are sent")),
+        }
+    }
+}
+
 #[async_trait]
 impl SocketSend for DealerSendHalf {
     async fn send(&mut self, message: ZmqMessage) -> ZmqResult<()> {

@@ -86,7 +86,7 @@ pub(crate) struct PubSocketBackend {
     // subscriber's queue (PATCHES.md, 5).
     pub(crate) unfanned: Arc<AtomicUsize>,
     // mlmesh patch: every connected subscriber's subscriptions, counted by prefix, readable
-    // without touching the subscriber map (PATCHES.md, 7).
+    // without touching the subscriber map (PATCHES.md, 9).
     pub(crate) wanted: Mutex<Wanted>,
 }
 
@@ -401,7 +401,7 @@ impl PubSocket {
 }
 
 impl PubSocket {
-    /// mlmesh patch (PATCHES.md, 8): as `send`, but with no fan-out under way the message
+    /// mlmesh patch (PATCHES.md, 10): as `send`, but with no fan-out under way the message
     /// goes into each matching subscriber's queue before this returns, instead of through
     /// the fan-out task: a task hop (a thread wake-up, often) less for a lone message.
     /// `send` keeps the fan-out task, which runs beside the sender under a stream of
@@ -460,7 +460,7 @@ impl PubSocketState {
     }
 
     /// Whether a message whose first frame is `topic` would go to any connected
-    /// subscriber now (mlmesh patch, PATCHES.md, 7). Cheap and never waits for the
+    /// subscriber now (mlmesh patch, PATCHES.md, 9). Cheap and never waits for the
     /// subscriber map: a sender can skip building what nobody would get.
     pub fn wants(&self, topic: &[u8]) -> bool {
         self.backend.wanted.lock().matches(topic)

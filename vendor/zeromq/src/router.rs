@@ -167,6 +167,36 @@ pub struct RouterRecvHalf {
     fair_queue: FairQueue<ZmqFramedRead, PeerIdentity>,
 }
 
+impl RouterSendHalf {
+    /// mlmesh patch (PATCHES.md, 7): queues `message` (identity frame first) for its peer
+    /// if that needs no wait (the socket's only peer is that one, with room in its queue),
+    /// without a future. `Ok(None)`: queued; `Ok(Some(message))`: not queued, unchanged;
+    /// send it with [`SocketSend::send`].
+    pub fn try_send(&self, mut message: ZmqMessage) -> ZmqResult<Option<ZmqMessage>> {
+        if message.len() <= 1 {
+            return Err(ZmqError::Socket(
+                "ROUTER send requires at least 2 frames: identity frame + message",
+            ));
+        }
+        let Some(identity) = message.pop_front() else {
+            return Err(ZmqError::Socket("ROUTER send requires an identity frame"));
+        };
+        let peer_id: PeerIdentity = identity.clone().try_into()?;
+        match self
+            .inner
+            .backend
+            .try_send_now(Message::Message(message), Some(&peer_id))?
+        {
+            None => Ok(None),
+            Some(Message::Message(mut m)) => {
+                m.push_front(identity);
+                Ok(Some(m))
+            }
+            Some(_) => Err(ZmqError::Socket("only messages are sent")),
+        }
+    }
+}
+
 #[async_trait]
 impl SocketSend for RouterSendHalf {
     async fn send(&mut self, mut message: ZmqMessage) -> ZmqResult<()> {

@@ -6,6 +6,7 @@ use tokio::net::{TcpListener, TcpStream};
 #[cfg(any(feature = "async-std-runtime", feature = "async-dispatcher-runtime"))]
 use async_std::net::{TcpListener, TcpStream};
 
+#[cfg(not(feature = "tokio-runtime"))]
 use super::make_framed;
 use super::AcceptStopHandle;
 use crate::async_rt;
@@ -18,6 +19,21 @@ use futures::{select, FutureExt};
 
 #[cfg(feature = "tokio-runtime")]
 const TCP_SOCKET_BUFFER_SIZE: usize = 4 * 1024 * 1024;
+
+/// mlmesh patch (PATCHES.md, 8): a TCP connection's read and write halves are Tokio's
+/// owned halves, which need no lock, instead of `tokio::io::split`'s, which share the
+/// stream behind a mutex held for each read and write (a reader waited for the writer's
+/// `sendto` whenever the two ran at once on different threads).
+#[cfg(feature = "tokio-runtime")]
+fn make_framed(stream: TcpStream, options: Arc<crate::SocketOptions>) -> FramedIo {
+    use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+    let (read, write) = stream.into_split();
+    FramedIo::new(
+        Box::new(read.compat()),
+        Box::new(write.compat_write()),
+        options,
+    )
+}
 
 pub(crate) async fn connect(
     host: &Host,
