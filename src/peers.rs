@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use mlmesh_protocol::sys::{Describe, Endpoints};
 use mlmesh_protocol::{NodeId, Topic};
 
-/// How a peer was found.
+/// How a peer was found; the most direct way when there were several (a peer first
+/// introduced by another, then found by mDNS or as a seed, shows as that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Via {
@@ -261,6 +262,11 @@ impl PeerTable {
             Some(peer) => {
                 peer.live.touch();
                 peer.live.set_interval(describe.heartbeat_ms);
+                if peer.via == Via::Introduction {
+                    // Found directly too (its own describe lost the race to an
+                    // introduction): say so.
+                    peer.via = via;
+                }
                 let old =
                     std::mem::replace(&mut peer.describe.endpoints, describe.endpoints.clone());
                 peer.serves = serves;
@@ -415,6 +421,26 @@ mod tests {
             started_ms: 0,
             peers: vec![],
         }
+    }
+
+    #[test]
+    fn a_peer_found_directly_after_an_introduction_says_how() {
+        let mut t = PeerTable::new(Instant::now());
+        let id = NodeId::new();
+        let via = |t: &PeerTable| t.get(&id).expect("known").via;
+        assert_eq!(
+            t.upsert(describe(id, 10, 1000), Via::Introduction),
+            Upsert::Joined
+        );
+        assert_eq!(via(&t), Via::Introduction);
+        assert_eq!(
+            t.upsert(describe(id, 10, 1000), Via::Mdns),
+            Upsert::Refreshed
+        );
+        assert_eq!(via(&t), Via::Mdns);
+        t.upsert(describe(id, 10, 1000), Via::Introduction);
+        t.upsert(describe(id, 10, 1000), Via::Seed);
+        assert_eq!(via(&t), Via::Mdns, "a direct way, once known, stays");
     }
 
     #[test]
