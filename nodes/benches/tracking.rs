@@ -428,29 +428,8 @@ fn main() -> Result<()> {
         let (empty, single) = run("trk-single", Durability::Normal, move |b| {
             single_vs_empty(b, p)
         })?;
-        report.push(
-            Measurement::new("empty_request_rtt", empty.p50, "us", empty.n)
-                .with("p99", round(empty.p99, 1))
-                .with("mean", round(empty.mean, 1))
-                .with("request", EMPTY)
-                .note(format!(
-                    "p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
-                    empty.p50, empty.p99, empty.mean
-                )),
-        );
-        let ratio = single.p50 / empty.p50;
-        report.push(
-            Measurement::new("log_metric_single", single.per_s(), "calls/s", single.n)
-                .with("p50_us", round(single.p50, 1))
-                .with("p99_us", round(single.p99, 1))
-                .with("p50_over_empty_rtt_p50", round(ratio, 3))
-                .with("durability", "normal")
-                .with("seconds", round(single.total.as_secs_f64(), 3))
-                .note(format!(
-                    "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50",
-                    single.p50, single.p99
-                )),
-        );
+        report.push(empty_row("empty_request_rtt", &empty));
+        report.push(single_row("log_metric_single", &single, &empty));
     }
 
     if plan.wants("watched") {
@@ -461,24 +440,7 @@ fn main() -> Result<()> {
         );
         let p = plan.clone();
         let (empty_w, single_w) = run("trk-watched", Durability::Normal, move |b| watched(b, p))?;
-        let ratio = single_w.p50 / empty_w.p50;
-        report.push(
-            Measurement::new(
-                "log_metric_single_watched",
-                single_w.per_s(),
-                "calls/s",
-                single_w.n,
-            )
-            .with("p50_us", round(single_w.p50, 1))
-            .with("p99_us", round(single_w.p99, 1))
-            .with("empty_rtt_p50_us", round(empty_w.p50, 1))
-            .with("p50_over_empty_rtt_p50", round(ratio, 3))
-            .with("durability", "normal")
-            .note(format!(
-                "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50 ({:.1} us)",
-                single_w.p50, single_w.p99, empty_w.p50
-            )),
-        );
+        report.push(single_row("log_metric_single_watched", &single_w, &empty_w));
     }
 
     if plan.wants("separate") {
@@ -491,39 +453,12 @@ fn main() -> Result<()> {
         let (empty_sep, single_sep) = run_with("trk-sep", Durability::Normal, true, move |b| {
             single_vs_empty(b, p)
         })?;
-        report.push(
-            Measurement::new(
-                "empty_request_rtt_separate",
-                empty_sep.p50,
-                "us",
-                empty_sep.n,
-            )
-            .with("p99", round(empty_sep.p99, 1))
-            .with("mean", round(empty_sep.mean, 1))
-            .with("request", EMPTY)
-            .note(format!(
-                "p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
-                empty_sep.p50, empty_sep.p99, empty_sep.mean
-            )),
-        );
-        let ratio = single_sep.p50 / empty_sep.p50;
-        report.push(
-            Measurement::new(
-                "log_metric_single_separate",
-                single_sep.per_s(),
-                "calls/s",
-                single_sep.n,
-            )
-            .with("p50_us", round(single_sep.p50, 1))
-            .with("p99_us", round(single_sep.p99, 1))
-            .with("p50_over_empty_rtt_p50", round(ratio, 3))
-            .with("durability", "normal")
-            .with("seconds", round(single_sep.total.as_secs_f64(), 3))
-            .note(format!(
-                "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50",
-                single_sep.p50, single_sep.p99
-            )),
-        );
+        report.push(empty_row("empty_request_rtt_separate", &empty_sep));
+        report.push(single_row(
+            "log_metric_single_separate",
+            &single_sep,
+            &empty_sep,
+        ));
     }
 
     if plan.wants("full") {
@@ -692,6 +627,35 @@ fn main() -> Result<()> {
 
     report.print(&plan, started.elapsed());
     Ok(())
+}
+
+/// The row of an empty round trip case.
+fn empty_row(case: &str, empty: &Latency) -> Measurement {
+    Measurement::new(case, empty.p50, "us", empty.n)
+        .with("p99", round(empty.p99, 1))
+        .with("mean", round(empty.mean, 1))
+        .with("request", EMPTY)
+        .note(format!(
+            "p50 {:.1} us, p99 {:.1} us, mean {:.1} us",
+            empty.p50, empty.p99, empty.mean
+        ))
+}
+
+/// The row of a single acknowledged call case, against the empty round trip measured
+/// beside it.
+fn single_row(case: &str, single: &Latency, empty: &Latency) -> Measurement {
+    let ratio = single.p50 / empty.p50;
+    Measurement::new(case, single.per_s(), "calls/s", single.n)
+        .with("p50_us", round(single.p50, 1))
+        .with("p99_us", round(single.p99, 1))
+        .with("empty_rtt_p50_us", round(empty.p50, 1))
+        .with("p50_over_empty_rtt_p50", round(ratio, 3))
+        .with("durability", "normal")
+        .with("seconds", round(single.total.as_secs_f64(), 3))
+        .note(format!(
+            "p50 {:.1} us, p99 {:.1} us; p50 = {ratio:.2}x empty rtt p50 ({:.1} us)",
+            single.p50, single.p99, empty.p50
+        ))
 }
 
 /// A tracker and a client node on loopback, the store in a temporary directory.
