@@ -571,6 +571,24 @@ mod tests {
         assert_eq!(small.len(), 0, "no bytes left behind");
     }
 
+    /// `frame`, then copies with one byte changed (each of the first 300, three ways),
+    /// cut short at each of those places, and with a byte too many.
+    fn damaged(frame: &[u8]) -> Vec<Vec<u8>> {
+        let mut variants = vec![frame.to_vec()];
+        for i in 0..frame.len().min(300) {
+            for delta in [1u8, 0x80, 0xff] {
+                let mut edited = frame.to_vec();
+                edited[i] = edited[i].wrapping_add(delta);
+                variants.push(edited);
+            }
+            variants.push(frame[..i].to_vec());
+        }
+        let mut longer = frame.to_vec();
+        longer.push(0xc0);
+        variants.push(longer);
+        variants
+    }
+
     #[test]
     fn the_event_fast_path_agrees_with_the_general_path() {
         let c = Codec::default();
@@ -614,15 +632,7 @@ mod tests {
         frames.push(c.encode(&other).expect("encode"));
         let mut checked = 0;
         for frame in &frames {
-            let mut variants = vec![frame.clone()];
-            for i in 0..frame.len().min(300) {
-                for delta in [1u8, 0x80, 0xff] {
-                    let mut edited = frame.clone();
-                    edited[i] = edited[i].wrapping_add(delta);
-                    variants.push(edited);
-                }
-                variants.push(frame[..i].to_vec());
-            }
+            let variants = damaged(frame);
             for v in variants {
                 let v = Bytes::from(v);
                 assert_eq!(run(true, &v), run(false, &v), "{v:x?}");
@@ -682,18 +692,7 @@ mod tests {
         frames.push(c.encode(&other).expect("encode"));
         let mut checked = 0;
         for frame in &frames {
-            let mut variants = vec![frame.clone()];
-            for i in 0..frame.len().min(300) {
-                for delta in [1u8, 0x80, 0xff] {
-                    let mut edited = frame.clone();
-                    edited[i] = edited[i].wrapping_add(delta);
-                    variants.push(edited);
-                }
-                variants.push(frame[..i].to_vec());
-            }
-            let mut longer = frame.clone();
-            longer.push(0xc0);
-            variants.push(longer);
+            let variants = damaged(frame);
             for v in variants {
                 let v = Bytes::from(v);
                 assert_eq!(c.decode_with(&v, known), c.decode(&v), "{v:x?}");
