@@ -42,6 +42,28 @@ fn whoami(b: NodeBuilder, topic: &str) -> NodeBuilder {
     })
 }
 
+/// A provider serving `work.sleep` ([`sleeper`]) and a caller seeded with it, the
+/// connection warmed by one call that did not sleep (so that a deadline measures the
+/// handler only); and the provider's count of calls, that one included.
+async fn sleeper_and_caller() -> (NodeHandle, NodeHandle, Arc<AtomicUsize>) {
+    let mesh = unique_mesh();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let provider = start(sleeper(
+        Node::builder(local("provider", &mesh)),
+        "work.sleep",
+        entered.clone(),
+    ))
+    .await;
+    let caller = plain(seeded("caller", &mesh, &provider)).await;
+    wait_peers(&caller, 1).await;
+    let ms: u64 = caller
+        .request_with("work.sleep", &0u64, deadline(2000))
+        .await
+        .expect("a fast call");
+    assert_eq!(ms, 0);
+    (provider, caller, entered)
+}
+
 async fn start(b: NodeBuilder) -> NodeHandle {
     b.spawn().await.expect("node starts")
 }
@@ -134,22 +156,7 @@ async fn no_responders_comes_at_once_and_is_not_a_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_slower_than_the_deadline_gives_deadline_exceeded() {
     init_tracing();
-    let mesh = unique_mesh();
-    let entered = Arc::new(AtomicUsize::new(0));
-    let provider = start(sleeper(
-        Node::builder(local("provider", &mesh)),
-        "work.sleep",
-        entered.clone(),
-    ))
-    .await;
-    let caller = plain(seeded("caller", &mesh, &provider)).await;
-    wait_peers(&caller, 1).await;
-    // Warm the connection, so the deadline below measures the handler only.
-    let ms: u64 = caller
-        .request_with("work.sleep", &0u64, deadline(2000))
-        .await
-        .expect("a fast call");
-    assert_eq!(ms, 0);
+    let (provider, caller, entered) = sleeper_and_caller().await;
 
     let limit = Duration::from_millis(300);
     let margin = Duration::from_millis(500);
@@ -191,20 +198,7 @@ async fn a_handler_slower_than_the_deadline_gives_deadline_exceeded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_on_one_connection_each_end_at_their_own_deadline() {
     init_tracing();
-    let mesh = unique_mesh();
-    let entered = Arc::new(AtomicUsize::new(0));
-    let provider = start(sleeper(
-        Node::builder(local("provider", &mesh)),
-        "work.sleep",
-        entered.clone(),
-    ))
-    .await;
-    let caller = plain(seeded("caller", &mesh, &provider)).await;
-    wait_peers(&caller, 1).await;
-    let _: u64 = caller
-        .request_with("work.sleep", &0u64, deadline(2000))
-        .await
-        .expect("a fast call warms the connection");
+    let (provider, caller, entered) = sleeper_and_caller().await;
 
     let margin = Duration::from_millis(400);
     let timed = |sleep_ms: u64, deadline_ms: u64| {
