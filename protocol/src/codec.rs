@@ -448,6 +448,11 @@ pub fn payload_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeErro
 /// Decodes a payload; an error names the offending field as a path (`a.b[2].c`),
 /// including a required field that is missing.
 pub fn from_payload<T: DeserializeOwned>(data: &[u8]) -> Result<T, DecodeError> {
+    // The plain decoder first: tracking the path costs on every field, and only an error
+    // needs it. A payload that fails is decoded again, with the path, to name the field.
+    if let Ok(value) = T::deserialize(&mut reader(data)) {
+        return Ok(value);
+    }
     serde_path_to_error::deserialize(&mut reader(data)).map_err(|e| {
         let parent = e.path().to_string();
         let reason = e.into_inner().to_string();
