@@ -8,7 +8,9 @@
 //! - [`tracker`]: the experiment tracker (`tracking/1`), binary `mlmesh-tracker`.
 //! - [`registry`]: the model registry (`registry/1`), binary `mlmesh-registry`.
 //! - [`store`]: the embedded SQLite store both own: group commit, idempotent replies,
-//!   durability settings (`[store]` in their config).
+//!   durability settings (`[store]` in their config). The tracker puts a journal in
+//!   front of it (`journal`): a write is acknowledged once appended, and applied to
+//!   SQLite after the reply.
 //! - [`filter`]: MLflow's search filter language, shared by both searches.
 //! - [`host`]: what every node binary does around its node (logging, ready line, signals).
 //! - [`mlflow`]: the MLflow adapter: `tracking/1` and `registry/1` served by an MLflow
@@ -18,6 +20,7 @@
 pub mod cli;
 pub mod filter;
 pub mod host;
+mod journal;
 pub mod mlflow;
 pub mod registry;
 mod serve;

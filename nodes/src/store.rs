@@ -17,6 +17,10 @@
 //!   of the node, and a power loss or OS crash can lose the last commits (never corrupt
 //!   the file). `durability = "full"` syncs every commit: then nothing acknowledged is
 //!   lost even to a power loss, at the cost of an fsync per group of commits.
+//! - **A journal in front** ([`crate::journal`], the tracker's): writes are decided from
+//!   memory and acknowledged once appended to the journal; its applier brings SQLite up
+//!   to date in large transactions, and reads wait for it ([`Store::follow`]). The same
+//!   durability settings hold, for the journal's appends.
 
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
@@ -129,6 +133,8 @@ pub(crate) struct Store {
     queue: Mutex<Vec<Pending>>,
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
+    /// A journal in front of this store ([`crate::journal`]): reads wait for it.
+    journal: std::sync::OnceLock<std::sync::Arc<crate::journal::Progress>>,
     path: PathBuf,
     /// `durability = "full"`: commits wait for the disk.
     full: bool,
@@ -195,6 +201,8 @@ const REQUESTS: &str = "CREATE TABLE IF NOT EXISTS requests(
 
 /// Prune stored replies every this many commits.
 const PRUNE_EVERY: u64 = 4096;
+/// Prune stored replies every this many applied batches (each many instructions).
+const PRUNE_EVERY_BATCH: u64 = 64;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic inside an op is caught before it can poison; recover regardless.
@@ -262,6 +270,7 @@ impl Store {
                 retention_ms: section.request_retention_s.saturating_mul(1000),
             }),
             readers: Mutex::new(Vec::new()),
+            journal: std::sync::OnceLock::new(),
             path,
             full: section.durability == Durability::Full,
             _checkpointer: checkpointer,
@@ -292,13 +301,22 @@ impl Store {
             .map_err(|_| Status::error(Code::Internal, "store: the write was dropped"))?
     }
 
-    /// Runs `f` on a read connection (a snapshot of what is committed), off the async
-    /// threads.
+    /// Makes reads wait for `journal`: a read sees every write appended to it before
+    /// the read began.
+    pub(crate) fn follow(&self, journal: std::sync::Arc<crate::journal::Progress>) {
+        let _ = self.journal.set(journal);
+    }
+
+    /// Runs `f` on a read connection (a snapshot of what is committed, and of what the
+    /// journal held when the read began), off the async threads.
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, Status>
     where
         F: FnOnce(&Connection) -> Result<T, Status> + Send + 'static,
         T: Send + 'static,
     {
+        if let Some(journal) = self.journal.get() {
+            journal.caught_up().await;
+        }
         let conn = match lock(&self.readers).pop() {
             Some(c) => c,
             None => self.open_reader().map_err(internal)?,
@@ -316,7 +334,34 @@ impl Store {
         out
     }
 
-    fn open_reader(&self) -> rusqlite::Result<Connection> {
+    /// Runs `f` with the write connection, outside any transaction (opening: schema
+    /// changes, a journal's replay).
+    pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+        f(&lock(&self.writer).conn)
+    }
+
+    /// Runs `f` in one transaction on the write connection, as a journal's applier does.
+    /// An error rolls the whole transaction back.
+    pub(crate) fn apply(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+    ) -> rusqlite::Result<()> {
+        let mut writer = lock(&self.writer);
+        exec(&writer.conn, "BEGIN IMMEDIATE")?;
+        let done = f(&writer.conn).and_then(|()| exec(&writer.conn, "COMMIT"));
+        if done.is_err() {
+            let _ = exec(&writer.conn, "ROLLBACK");
+            return done;
+        }
+        writer.commits += 1;
+        if writer.commits.is_multiple_of(PRUNE_EVERY_BATCH) {
+            writer.prune();
+        }
+        Ok(())
+    }
+
+    /// A new read connection.
+    pub(crate) fn open_reader(&self) -> rusqlite::Result<Connection> {
         let conn = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -22,32 +22,43 @@
 //! - A batch is atomic; so is every other instruction.
 //! - A run whose owner leaves the mesh while it is RUNNING becomes CRASHED. After a
 //!   restart, RUNNING runs whose owner is not seen within [`ORPHAN_GRACE`] become CRASHED.
-//! - Replies reach the caller only once committed; a retry with the same request id
-//!   gets the stored reply (see [`crate::store`]).
+//! - A write is decided from memory (`hot`: what the checks need) and acknowledged once
+//!   appended to the tracker's journal (`tracker.journal.*` beside `tracker.db`), so that
+//!   a `kill -9` loses none of it; SQLite is brought up to date right after the reply,
+//!   and at the next open if the process died first. Reads wait for what was
+//!   acknowledged before them. A retry with the same request id gets the stored reply.
+//!   See `journal` for the format and the durability settings.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::error::RecvError;
 
 use mlmesh::protocol::tracking::{self, ExperimentGet, MetricHistory, RunGet, RunSearch};
-use mlmesh::protocol::NodeId;
-use mlmesh::{NodeBuilder, NodeHandle, PeerEvent};
+use mlmesh::protocol::{from_payload, NodeId, Status};
+use mlmesh::{Ctx, NodeBuilder, NodeHandle, PeerEvent};
 
+use crate::journal::Journal;
 use crate::serve::{self, now_ms, Meta};
-use crate::store::{Store, StoreError, StoreSection};
+use crate::store::{self, Key, Store, StoreError, StoreSection};
+use change::Changes;
+use hot::{Decided, Hot};
 
+mod change;
+mod hot;
 mod read;
 pub(crate) mod search;
-mod write;
 
 /// How long a restarted tracker waits for the owners of its RUNNING runs to show up
 /// before it declares their runs CRASHED.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(10);
 
-/// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes. 2: the journal's applied position (a build
+/// that knows only 1 would not replay the journal, so it must not open the file).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS experiments(
@@ -88,50 +99,153 @@ pub(crate) struct Settings {
     pub(crate) artifact_root: String,
 }
 
-/// An experiment tracker: a store and the handlers of `tracking/1`.
+/// An experiment tracker: a store, its journal, what writes check in memory, and the
+/// handlers of `tracking/1`.
 #[derive(Debug, Clone)]
 pub struct Tracker {
+    core: Arc<Core>,
+}
+
+#[derive(Debug)]
+struct Core {
     store: Arc<Store>,
-    settings: Arc<Settings>,
+    /// Dropped before `store`: its applier applies what is left first.
+    journal: Journal<Changes>,
+    /// Decisions and appends in one order.
+    hot: Mutex<Hot>,
+    settings: Settings,
+}
+
+impl Core {
+    /// Decides a write from memory and journals what it changes; returns what to reply
+    /// and publish, and the journal entry (none if nothing changed). With a `key` seen
+    /// before, returns its stored reply and decides nothing.
+    fn decide(
+        &self,
+        key: Option<Key>,
+        meta: Meta,
+        f: impl FnOnce(&mut Hot) -> Result<Decided, Status>,
+    ) -> Result<(store::Done, Option<u64>), Status> {
+        let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(reply) = key
+            .as_ref()
+            .map(|k| self.journal.seen(k))
+            .transpose()?
+            .flatten()
+        {
+            return Ok((
+                store::Done {
+                    reply,
+                    events: Vec::new(),
+                },
+                None,
+            ));
+        }
+        let Decided { done, changes } = f(&mut hot)?;
+        if changes.0.is_empty() {
+            return Ok((done, None));
+        }
+        let applied = self.journal.applied();
+        let seq = self
+            .journal
+            .append(changes, key, &done.reply, meta.now_ms, |c, seq| {
+                hot.commit(c, seq, applied, meta.node);
+            })?;
+        Ok((done, Some(seq)))
+    }
+
+    /// With `durability = "full"`, waits for entry `seq` to be on disk.
+    fn sync(&self, seq: Option<u64>) -> Result<(), Status> {
+        let Some(seq) = seq.filter(|_| self.journal.full()) else {
+            return Ok(());
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| self.journal.sync(seq))
+        } else {
+            self.journal.sync(seq)
+        }
+    }
+}
+
+/// Serves `topic` with a write decided by `op` from memory: journaled, then replied to,
+/// then its events published; a retry of the same request (same id and source) gets
+/// the stored reply.
+fn write<T, F>(builder: NodeBuilder, topic: &str, core: &Arc<Core>, op: F) -> NodeBuilder
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Fn(&mut Hot, T, &Settings, Meta) -> Result<Decided, Status> + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
+    let core = core.clone();
+    builder.handle_raw(topic, move |data: Bytes, ctx: Ctx| {
+        let op = op.clone();
+        let core = core.clone();
+        async move {
+            let req: T = from_payload(&data).map_err(|e| e.to_status())?;
+            let meta = Meta {
+                source: ctx.source(),
+                node: ctx.node().id(),
+                now_ms: now_ms(),
+            };
+            let key = store::key(ctx.request_id(), ctx.source());
+            core.journal.progress().room().await;
+            let (done, seq) =
+                core.decide(Some(key), meta, |hot| op(hot, req, &core.settings, meta))?;
+            core.sync(seq)?;
+            for (topic, data) in done.events {
+                // The write is journaled; an event that cannot be queued is counted by
+                // the runtime as dropped, and the instruction still succeeded.
+                let _ = ctx.node().publish_raw(topic, data).await;
+            }
+            Ok(done.reply)
+        }
+    })
 }
 
 impl Tracker {
-    /// Opens (or creates) `tracker.db` in the section's data directory.
+    /// Opens (or creates) `tracker.db` and its journal in the section's data directory,
+    /// applying what the journal holds from a previous run.
     pub fn open(section: &StoreSection) -> Result<Self, StoreError> {
-        let store = Store::open(section, "tracker.db", SCHEMA, SCHEMA_VERSION)?;
+        let store = Arc::new(Store::open(section, "tracker.db", SCHEMA, SCHEMA_VERSION)?);
+        let full = section.durability == store::Durability::Full;
+        let journal = Journal::open(store.clone(), &section.data_dir, "tracker", full)?;
+        let hot = Hot::load(store.open_reader()?).map_err(|e| StoreError::DataDir {
+            path: store.path().to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let dir = std::path::absolute(&section.data_dir).unwrap_or(section.data_dir.clone());
         let settings = Settings {
             artifact_root: format!("file://{}/artifacts", dir.display()),
         };
         Ok(Self {
-            store: Arc::new(store),
-            settings: Arc::new(settings),
+            core: Arc::new(Core {
+                store,
+                journal,
+                hot: Mutex::new(hot),
+                settings,
+            }),
         })
     }
 
     /// The database file.
     pub fn store_path(&self) -> &Path {
-        self.store.path()
+        self.core.store.path()
     }
 
     /// Adds the role `tracker` and a handler for every `tracking/1` instruction.
     pub fn serve(&self, builder: NodeBuilder) -> NodeBuilder {
-        let store = &self.store;
+        let core = &self.core;
+        let store = &core.store;
         let b = builder.role("tracker");
-        let s = self.settings.clone();
-        let b = serve::write(
-            b,
-            tracking::EXPERIMENT_CREATE,
-            store,
-            move |c, req, meta| write::experiment_create(c, req, &s, meta),
-        );
-        let s = self.settings.clone();
-        let b = serve::write(b, tracking::RUN_START, store, move |c, req, meta| {
-            write::run_start(c, req, &s, meta)
+        let b = write(b, tracking::EXPERIMENT_CREATE, core, Hot::experiment_create);
+        let b = write(b, tracking::RUN_START, core, Hot::run_start);
+        let b = write(b, tracking::RUN_END, core, |hot, req, _, meta| {
+            hot.run_end(req, meta)
         });
-        let b = serve::write(b, tracking::RUN_END, store, write::run_end);
-        let b = serve::write(b, tracking::RUN_LOG, store, |c, req, _meta| {
-            write::run_log(c, req)
+        let b = write(b, tracking::RUN_LOG, core, |hot, req, _, meta| {
+            hot.run_log(req, meta)
         });
         let b = serve::read(
             b,
@@ -199,8 +313,9 @@ impl Tracker {
             Some(id) => vec![id],
             None => {
                 let owners = self
+                    .core
                     .store
-                    .read(write::running_owners)
+                    .read(read::running_owners)
                     .await
                     .unwrap_or_default();
                 let alive: Vec<NodeId> = node.peers().iter().map(|p| p.id).collect();
@@ -216,13 +331,10 @@ impl Tracker {
                 node: node.id(),
                 now_ms: now_ms(),
             };
-            match self
-                .store
-                .write(
-                    None,
-                    Box::new(move |c| write::crash_runs_of(c, owner, meta)),
-                )
-                .await
+            let core = &self.core;
+            match core
+                .decide(None, meta, |hot| hot.crash(owner, meta))
+                .and_then(|(done, seq)| core.sync(seq).map(|()| done))
             {
                 Ok(done) => {
                     for (topic, data) in done.events {

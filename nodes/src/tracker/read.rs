@@ -1,5 +1,5 @@
 //! The tracker's reads: on a read connection (a snapshot of what is committed), except
-//! the lookups that writes share.
+//! the lookups that loading a run into memory shares.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -27,7 +27,7 @@ fn invalid(field: &str, message: String) -> Status {
     Status::error(Code::InvalidArgument, message).with_field(field)
 }
 
-fn experiment_tags(c: &Connection, row: i64) -> Result<BTreeMap<String, String>> {
+pub(super) fn experiment_tags(c: &Connection, row: i64) -> Result<BTreeMap<String, String>> {
     c.prepare_cached("SELECT key, value FROM experiment_tags WHERE experiment = ?1")
         .and_then(|mut st| {
             st.query_map([row], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -90,30 +90,6 @@ pub(super) fn experiment_get(c: &Connection, req: ExperimentGet) -> Result<Exper
         let field = if req.id.is_some() { "id" } else { "name" };
         Status::error(Code::NotFound, "no such experiment on this tracker").with_field(field)
     })
-}
-
-/// What writes need of a run.
-pub(super) struct RunRow {
-    pub(super) row: i64,
-    pub(super) experiment: ExperimentId,
-}
-
-impl RunRow {
-    pub(super) fn of(c: &Connection, run: &RunId) -> Result<Option<RunRow>> {
-        c.prepare_cached(
-            "SELECT r.id, e.uid FROM runs r JOIN experiments e ON e.id = r.experiment WHERE r.uid = ?1",
-        )
-        .and_then(|mut st| {
-            st.query_row([run.as_str()], |r| {
-                Ok(RunRow {
-                    row: r.get(0)?,
-                    experiment: ExperimentId::parse(&r.get::<_, String>(1)?).unwrap_or_default(),
-                })
-            })
-            .optional()
-        })
-        .map_err(internal)
-    }
 }
 
 /// The columns [`info_of`] reads, over `runs r JOIN experiments e`.
@@ -300,7 +276,11 @@ pub(super) fn metric_history(c: &Connection, mut req: MetricHistory) -> Result<M
     // for a short key) whatever max_results says; the token carries on from there.
     let fits = (HISTORY_PAGE_BYTES / (56 + req.key.len())).max(1);
     req.max_results = req.max_results.min(u32::try_from(fits).unwrap_or(u32::MAX));
-    if RunRow::of(c, &req.run)?.is_none() {
+    let found = c
+        .prepare_cached("SELECT 1 FROM runs WHERE uid = ?1")
+        .and_then(|mut st| st.query_row([req.run.as_str()], |_| Ok(())).optional())
+        .map_err(internal)?;
+    if found.is_none() {
         return Err(Status::error(
             Code::NotFound,
             format!("no run {} on this tracker", req.run),
@@ -411,4 +391,18 @@ pub(super) fn run_search(c: &Connection, req: RunSearch, tracker: NodeId) -> Res
         next_page_token: more.then(|| format!("o{}", offset + runs.len() as u64)),
         runs,
     })
+}
+
+/// The owners of RUNNING runs.
+pub(super) fn running_owners(c: &Connection) -> Result<Vec<NodeId>> {
+    let owners: Vec<Vec<u8>> = c
+        .prepare_cached(
+            "SELECT DISTINCT owner FROM runs WHERE status = 'RUNNING' AND owner IS NOT NULL",
+        )
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .map_err(internal)?;
+    Ok(owners
+        .iter()
+        .filter_map(|b| NodeId::from_slice(b))
+        .collect())
 }

@@ -1,0 +1,1035 @@
+//! A store's write-ahead journal: acknowledge after one append, bring SQLite up to date
+//! after the reply.
+//!
+//! A node that decides its writes from memory (the tracker) appends each decided change
+//! to its journal. The append is a copy into a shared memory map of a file of ours,
+//! allocated beforehand: once it is done the change survives `kill -9` of the node (the
+//! kernel holds the page, as it would after a `write`), and the instruction can be
+//! acknowledged. An applier thread applies the journaled changes to SQLite in large
+//! transactions and records, in the same transaction, the last entry applied; a journal
+//! file is deleted once everything in it is applied. At open, whatever the journal holds
+//! past that point is applied before the node serves.
+//!
+//! - **Reads see acknowledged writes.** [`Progress::caught_up`] waits until everything
+//!   appended before it was called is applied; the store's reads call it first.
+//! - **Bounded.** At most [`MAX_BACKLOG`] entries wait to be applied; writers wait for
+//!   room ([`Progress::room`]).
+//! - **Retries.** An entry may carry an instruction's key and reply. The reply is kept in
+//!   memory until the entry is applied, and in SQLite's `requests` table from then on
+//!   ([`Journal::seen`] looks in both).
+//! - **`durability = "full"`.** An append is followed by `fdatasync` (one for every
+//!   append waiting, see [`Journal::sync`]) before the acknowledgement, and SQLite
+//!   commits with `synchronous = FULL`, so a file is deleted only once SQLite has its
+//!   changes on disk.
+//!
+//! ## File format
+//! Files `<stem>.journal.<n>` (`n` counts up, 20 digits), each allocated at 16 MiB (or
+//! the size of a larger entry) and filled with a sequence of entries, then zeros:
+//! `len: u32 LE | crc32: u32 LE | body`, the CRC-32 over the body, the body being
+//! `seq: u64 LE | at_ms: u64 LE | flags: u8 | [key: 32 bytes if flags & 1] |
+//! [reply_len: u32 LE | reply, if flags & 2] | change (MessagePack)`. Sequence numbers
+//! rise by one from entry to entry across files. A zero length ends a file's entries; a
+//! torn or damaged entry ends them too when read back (an append that did not complete
+//! was never acknowledged).
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use mlmesh::protocol::{from_payload, to_payload, Code, Status};
+
+use crate::store::{internal, Key, Store, StoreError};
+
+/// At most this many entries, and about this many bytes of them, wait to be applied; a
+/// writer waits for room beyond either.
+pub(crate) const MAX_BACKLOG: u64 = 16_384;
+pub(crate) const MAX_BACKLOG_BYTES: u64 = 64 * 1024 * 1024;
+/// The applier waits this long for more entries before it applies what it has, unless
+/// a reader waits or [`BATCH_NOW`] entries are there.
+const COALESCE: Duration = Duration::from_millis(1);
+/// Apply at once from this many entries on.
+const BATCH_NOW: u64 = 512;
+/// After work, the applier looks for more this often for [`DEEP_AFTER`], so that
+/// appends need not wake it; then it sleeps until an append does.
+const POLL: Duration = Duration::from_millis(2);
+const DEEP_AFTER: Duration = Duration::from_secs(1);
+/// Keys of instructions appended since open, remembered so that a new key needs no
+/// look-up in SQLite (see [`Journal::seen`]).
+const RECENT_KEYS: usize = 65_536;
+/// The size of a journal file: allocated when it is created, then filled. A new one is
+/// started when an entry does not fit.
+const FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Entry header: len and crc.
+const HEADER: usize = 8;
+
+/// A change a journal carries: decided in memory, applied to SQLite later (and again at
+/// open after a crash, exactly once: the applied position commits with it).
+pub(crate) trait Change: Serialize + DeserializeOwned + Send + 'static {
+    /// Applies the change inside the applier's transaction.
+    fn apply(&self, c: &Connection) -> rusqlite::Result<()>;
+}
+
+/// One journaled change, with the reply to keep for retries of its instruction.
+struct Entry<C> {
+    seq: u64,
+    /// Its size in the file.
+    bytes: u64,
+    at_ms: u64,
+    key: Option<Key>,
+    reply: Option<Bytes>,
+    change: C,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How far a journal is appended and applied; what reads and writers wait on.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    appended: AtomicU64,
+    applied: AtomicU64,
+    /// Bytes appended and not yet applied.
+    queued_bytes: AtomicU64,
+    /// Wakes async waiters after each applied batch.
+    changed: tokio::sync::Notify,
+    /// Set by a waiting reader or writer: apply now, without waiting for more entries.
+    urgent: AtomicBool,
+    /// The applier sleeps until woken (nothing to do for [`DEEP_AFTER`]): an append
+    /// wakes it.
+    idle: AtomicBool,
+    /// The applier waits for more entries before applying: only `urgent` wakes it.
+    coalescing: AtomicBool,
+    wake: (Mutex<()>, Condvar),
+}
+
+impl Progress {
+    /// Waits until everything appended so far is applied to SQLite.
+    pub(crate) async fn caught_up(&self) {
+        let target = self.appended.load(Ordering::SeqCst);
+        self.wait(|p| p.applied.load(Ordering::SeqCst) >= target)
+            .await;
+    }
+
+    /// Waits until the backlog is under [`MAX_BACKLOG`] entries and
+    /// [`MAX_BACKLOG_BYTES`].
+    pub(crate) async fn room(&self) {
+        self.wait(|p| {
+            p.backlog() < MAX_BACKLOG && p.queued_bytes.load(Ordering::SeqCst) < MAX_BACKLOG_BYTES
+        })
+        .await;
+    }
+
+    fn backlog(&self) -> u64 {
+        self.appended
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.applied.load(Ordering::SeqCst))
+    }
+
+    async fn wait(&self, done: impl Fn(&Self) -> bool) {
+        if done(self) {
+            return;
+        }
+        self.hurry();
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// After an append: wakes the applier if it sleeps until woken. One that waits for
+    /// more entries, or looks for them every [`POLL`], is left alone: the appender pays
+    /// no wake-up.
+    fn nudge(&self) {
+        if self.idle.swap(false, Ordering::SeqCst) {
+            self.wake_applier();
+        }
+    }
+
+    /// Someone waits for the applier: wakes it whichever way it sleeps.
+    fn hurry(&self) {
+        self.urgent.store(true, Ordering::SeqCst);
+        let idle = self.idle.swap(false, Ordering::SeqCst);
+        if self.coalescing.swap(false, Ordering::SeqCst) || idle {
+            self.wake_applier();
+        }
+    }
+
+    fn wake_applier(&self) {
+        let _guard = lock(&self.wake.0);
+        self.wake.1.notify_one();
+    }
+}
+
+/// The file being filled, mapped into memory.
+struct Segment {
+    file: Arc<File>,
+    map: memmap2::MmapMut,
+    /// Where the next entry goes.
+    at: usize,
+}
+
+/// The appending side, behind one lock: the open file, the entries the applier has not
+/// taken, and the replies not yet applied.
+struct Log<C> {
+    segment: Segment,
+    index: u64,
+    /// Closed files and the last sequence number in each: deleted once applied.
+    sealed: VecDeque<(u64, u64)>,
+    next_seq: u64,
+    queue: Vec<Entry<C>>,
+    replies: HashMap<Key, Bytes>,
+    /// The keys of `replies` in sequence order, to forget them once applied.
+    reply_order: VecDeque<(u64, Key)>,
+    /// The last [`RECENT_KEYS`] keys appended, in order.
+    recent: std::collections::HashSet<Key>,
+    recent_order: VecDeque<Key>,
+    /// No key stored in SQLite and forgotten from `recent` has a time field (see
+    /// [`time_field`]) above this.
+    floor: u64,
+    /// A read connection, for replies already applied.
+    lookup: Connection,
+    buf: Vec<u8>,
+}
+
+struct Shared<C> {
+    store: Arc<Store>,
+    dir: PathBuf,
+    stem: String,
+    full: bool,
+    log: Mutex<Log<C>>,
+    progress: Arc<Progress>,
+    /// `full`: the highest sequence number known to be on disk.
+    synced: Mutex<u64>,
+    stop: AtomicBool,
+}
+
+/// A journal in front of a [`Store`]: see the module docs.
+pub(crate) struct Journal<C: Change> {
+    shared: Arc<Shared<C>>,
+    applier: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<C: Change> std::fmt::Debug for Journal<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.shared.dir)
+            .field("stem", &self.shared.stem)
+            .finish()
+    }
+}
+
+const STATE: &str = "CREATE TABLE IF NOT EXISTS journal(
+    id INTEGER PRIMARY KEY CHECK (id = 1), applied INTEGER NOT NULL);
+    INSERT OR IGNORE INTO journal(id, applied) VALUES (1, 0);";
+
+fn dir_err(dir: &Path, reason: String) -> StoreError {
+    StoreError::DataDir {
+        path: dir.to_path_buf(),
+        reason,
+    }
+}
+
+impl<C: Change> Journal<C> {
+    /// Opens the journal `<stem>.journal.*` of `store` in `dir`: applies what it holds
+    /// past SQLite's applied position, deletes its files, starts a new one and the
+    /// applier thread, and makes the store's reads wait for it.
+    pub(crate) fn open(
+        store: Arc<Store>,
+        dir: &Path,
+        stem: &str,
+        full: bool,
+    ) -> Result<Self, StoreError> {
+        let (mut files, last, floor) = store.with_writer(|c| -> Result<_, StoreError> {
+            c.execute_batch(STATE)?;
+            let applied: i64 = c.query_row("SELECT applied FROM journal", [], |r| r.get(0))?;
+            let (files, last) = replay::<C>(c, dir, stem, applied as u64)?;
+            let highest: Option<Vec<u8>> =
+                c.query_row("SELECT max(key) FROM requests", [], |r| r.get(0))?;
+            let floor = highest
+                .and_then(|k| Key::try_from(k.as_slice()).ok())
+                .map_or(0, |k| time_field(&k));
+            Ok((files, last, floor))
+        })?;
+        let index = files.last().map_or(0, |(i, _)| i + 1);
+        let segment = create(dir, stem, index, full, FILE_BYTES)?;
+        for (_, path) in files.drain(..) {
+            std::fs::remove_file(&path).map_err(|e| dir_err(dir, e.to_string()))?;
+        }
+        let progress = Arc::new(Progress::default());
+        progress.appended.store(last, Ordering::SeqCst);
+        progress.applied.store(last, Ordering::SeqCst);
+        let log = Log {
+            segment,
+            index,
+            sealed: VecDeque::new(),
+            next_seq: last + 1,
+            queue: Vec::new(),
+            replies: HashMap::new(),
+            reply_order: VecDeque::new(),
+            recent: std::collections::HashSet::new(),
+            recent_order: VecDeque::new(),
+            floor,
+            lookup: store.open_reader()?,
+            buf: Vec::with_capacity(4096),
+        };
+        store.follow(progress.clone());
+        let shared = Arc::new(Shared {
+            store,
+            dir: dir.to_path_buf(),
+            stem: stem.to_string(),
+            full,
+            log: Mutex::new(log),
+            progress,
+            synced: Mutex::new(last),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let applier = std::thread::Builder::new()
+            .name("mlmesh-apply".into())
+            .spawn(move || s.run_applier())
+            .map_err(|e| dir_err(dir, format!("cannot start the applier thread: {e}")))?;
+        Ok(Self {
+            shared,
+            applier: Some(applier),
+        })
+    }
+
+    /// How far the journal is appended and applied.
+    pub(crate) fn progress(&self) -> &Arc<Progress> {
+        &self.shared.progress
+    }
+
+    /// The last sequence number applied to SQLite.
+    pub(crate) fn applied(&self) -> u64 {
+        self.shared.progress.applied.load(Ordering::SeqCst)
+    }
+
+    /// The reply stored for `key`: in memory if its entry is not applied yet, else in
+    /// SQLite. The caller holds whatever orders its appends, so that no entry with
+    /// `key` is appended meanwhile.
+    ///
+    /// A new key is known to be new without a look-up in SQLite (a third of a small
+    /// write's cost) when its id's time field is above `floor`: every key in SQLite has
+    /// a time field at or below it, or is among the recent keys in memory. That holds
+    /// for any 16 bytes of id: an id that is not a UUIDv7 only costs the look-up.
+    pub(crate) fn seen(&self, key: &Key) -> Result<Option<Bytes>, Status> {
+        let log = lock(&self.shared.log);
+        if let Some(reply) = log.replies.get(key) {
+            return Ok(Some(reply.clone()));
+        }
+        if !log.recent.contains(key) && time_field(key) > log.floor {
+            return Ok(None);
+        }
+        // Not in memory: its entry, if any, is applied (replies are forgotten only after
+        // their commit, under this lock), so this fresh read sees it.
+        let stored: Option<Vec<u8>> = log
+            .lookup
+            .prepare_cached("SELECT reply FROM requests WHERE key = ?1")
+            .and_then(|mut st| st.query_row([&key[..]], |r| r.get(0)).optional())
+            .map_err(internal)?;
+        Ok(stored.map(Bytes::from))
+    }
+
+    /// Appends `change` (with the instruction's key and reply, kept for retries) and
+    /// returns its sequence number; `written` runs once it is in the file, before the
+    /// applier can see it. Once this returns, the change survives a crash of the
+    /// process; with `full`, call [`Journal::sync`] before acknowledging.
+    pub(crate) fn append(
+        &self,
+        change: C,
+        key: Option<Key>,
+        reply: &Bytes,
+        at_ms: u64,
+        written: impl FnOnce(&C, u64),
+    ) -> Result<u64, Status> {
+        let shared = &*self.shared;
+        let mut log = lock(&shared.log);
+        let log = &mut *log;
+        let seq = log.next_seq;
+        let reply = key.map(|_| reply.clone());
+        encode(
+            &mut log.buf,
+            seq,
+            at_ms,
+            key.as_ref(),
+            reply.as_deref(),
+            &change,
+        )?;
+        let len = log.buf.len();
+        if log.segment.map.len() - log.segment.at < len {
+            shared.rotate(log, len).map_err(unavailable)?;
+        }
+        // A copy into the file's shared mapping: the kernel holds the page from here on.
+        let at = log.segment.at;
+        log.segment.map[at..at + len].copy_from_slice(&log.buf);
+        log.segment.at += len;
+        log.next_seq += 1;
+        written(&change, seq);
+        if let (Some(key), Some(reply)) = (key, &reply) {
+            log.replies.insert(key, reply.clone());
+            log.reply_order.push_back((seq, key));
+            log.remember(key);
+        }
+        shared
+            .progress
+            .queued_bytes
+            .fetch_add(log.buf.len() as u64, Ordering::SeqCst);
+        log.queue.push(Entry {
+            seq,
+            bytes: log.buf.len() as u64,
+            at_ms,
+            key,
+            reply,
+            change,
+        });
+        shared.progress.appended.store(seq, Ordering::SeqCst);
+        shared.progress.nudge();
+        Ok(seq)
+    }
+
+    /// With `full`, waits until entry `seq` is on disk: one `fdatasync` covers every
+    /// entry appended before it, so concurrent appends share it. Blocks the thread.
+    pub(crate) fn sync(&self, seq: u64) -> Result<(), Status> {
+        let shared = &*self.shared;
+        if !shared.full {
+            return Ok(());
+        }
+        let mut synced = lock(&shared.synced);
+        if *synced >= seq {
+            return Ok(());
+        }
+        // Files closed before this one were synced when they were closed. `fdatasync`
+        // writes the pages dirtied through the mapping too.
+        let (file, upto) = {
+            let log = lock(&shared.log);
+            (log.segment.file.clone(), log.next_seq - 1)
+        };
+        file.sync_data().map_err(unavailable)?;
+        *synced = upto;
+        Ok(())
+    }
+
+    /// Whether `durability = "full"`.
+    pub(crate) fn full(&self) -> bool {
+        self.shared.full
+    }
+}
+
+impl<C: Change> Drop for Journal<C> {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.progress.wake_applier();
+        if let Some(t) = self.applier.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl<C> Log<C> {
+    fn remember(&mut self, key: Key) {
+        if !self.recent.insert(key) {
+            return;
+        }
+        self.recent_order.push_back(key);
+        if self.recent_order.len() > RECENT_KEYS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+                self.floor = self.floor.max(time_field(&old));
+            }
+        }
+    }
+}
+
+/// The 48-bit time field of a key's id (a UUIDv7's Unix milliseconds; for other ids,
+/// just their first 6 bytes): keys in byte order are in time-field order.
+fn time_field(key: &Key) -> u64 {
+    key[..6].iter().fold(0, |t, b| (t << 8) | u64::from(*b))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::error(
+        Code::Unavailable,
+        format!("store: the journal cannot be written ({e}); nothing of this request was written"),
+    )
+}
+
+fn file_name(stem: &str, index: u64) -> String {
+    format!("{stem}.journal.{index:020}")
+}
+
+/// Creates journal file `index` with `bytes` allocated (zeros: the end of the entries
+/// when read back), and maps it.
+///
+/// The project's one `unsafe`: an append through a shared mapping costs a copy where a
+/// `write` costs a system call (1-3 us here, the largest single cost of an acknowledged
+/// write), with the same guarantee against `kill -9`.
+#[allow(unsafe_code)]
+fn create(
+    dir: &Path,
+    stem: &str,
+    index: u64,
+    full: bool,
+    bytes: u64,
+) -> Result<Segment, StoreError> {
+    let path = dir.join(file_name(stem, index));
+    let err = |e: std::io::Error| dir_err(dir, format!("{}: {e}", path.display()));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(err)?;
+    let len = libc::off_t::try_from(bytes).map_err(|_| dir_err(dir, "entry too large".into()))?;
+    // Blocks allocated now, so that a full disk fails here and not in a copy into the
+    // mapping (which would be a SIGBUS).
+    // SAFETY: a valid open file descriptor and a non-negative range.
+    let rc = unsafe {
+        use std::os::fd::AsRawFd as _;
+        libc::posix_fallocate(file.as_raw_fd(), 0, len)
+    };
+    if rc != 0 {
+        let e = std::io::Error::from_raw_os_error(rc);
+        let _ = std::fs::remove_file(&path);
+        return Err(err(e));
+    }
+    if full {
+        // The new name must survive a power loss too.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
+    // SAFETY: the file is this process's alone (the store's directory lock) and is never
+    // truncated while mapped.
+    let map = unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(err)?;
+    Ok(Segment {
+        file: Arc::new(file),
+        map,
+        at: 0,
+    })
+}
+
+fn encode<C: Change>(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    at_ms: u64,
+    key: Option<&Key>,
+    reply: Option<&[u8]>,
+    change: &C,
+) -> Result<(), Status> {
+    buf.clear();
+    buf.extend_from_slice(&[0; HEADER]);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&at_ms.to_le_bytes());
+    let flags = u8::from(key.is_some()) | (u8::from(reply.is_some()) << 1);
+    buf.push(flags);
+    if let Some(key) = key {
+        buf.extend_from_slice(key);
+    }
+    if let Some(reply) = reply {
+        let len = u32::try_from(reply.len()).map_err(|_| internal("reply too large"))?;
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(reply);
+    }
+    buf.extend_from_slice(&to_payload(change).map_err(|e| e.to_status())?);
+    let body = &buf[HEADER..];
+    let len = u32::try_from(body.len()).map_err(|_| internal("entry too large"))?;
+    let crc = crc32fast::hash(body);
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Reads the entries of one file, up to the first torn or damaged one.
+fn decode_file<C: Change>(bytes: &[u8], path: &Path) -> Vec<Entry<C>> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    // The file's unused end is zeros: a zero length ends the entries.
+    while bytes.len() - at >= HEADER && bytes[at..at + 4] != [0; 4] {
+        match decode_entry(&bytes[at..]) {
+            Some((entry, used)) => {
+                out.push(entry);
+                at += used;
+            }
+            None => {
+                tracing::warn!(
+                    file = %path.display(),
+                    offset = at,
+                    "journal: a torn or damaged entry ends the file (an append that did not \
+                     complete was never acknowledged)"
+                );
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn decode_entry<C: Change>(b: &[u8]) -> Option<(Entry<C>, usize)> {
+    let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+    let body = b.get(HEADER..HEADER.checked_add(len)?)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    let seq = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+    let at_ms = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+    let flags = *body.get(16)?;
+    let mut at = 17;
+    let key = if flags & 1 != 0 {
+        let k: Key = body.get(at..at + 32)?.try_into().ok()?;
+        at += 32;
+        Some(k)
+    } else {
+        None
+    };
+    let reply = if flags & 2 != 0 {
+        let n = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+        at += 4;
+        let r = Bytes::copy_from_slice(body.get(at..at.checked_add(n)?)?);
+        at += n;
+        Some(r)
+    } else {
+        None
+    };
+    let change = from_payload(body.get(at..)?).ok()?;
+    Some((
+        Entry {
+            seq,
+            bytes: (HEADER + len) as u64,
+            at_ms,
+            key,
+            reply,
+            change,
+        },
+        HEADER + len,
+    ))
+}
+
+/// The journal files of `stem` in `dir`, oldest first.
+fn list(dir: &Path, stem: &str) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let prefix = format!("{stem}.journal.");
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| dir_err(dir, e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| dir_err(dir, e.to_string()))?;
+        let name = entry.file_name();
+        let Some(index) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        files.push((index, entry.path()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Applies every entry past `applied` in the journal files, one transaction per file.
+/// Returns the files (to delete once a new one is open) and the last sequence number.
+fn replay<C: Change>(
+    c: &Connection,
+    dir: &Path,
+    stem: &str,
+    applied: u64,
+) -> Result<(Vec<(u64, PathBuf)>, u64), StoreError> {
+    let files = list(dir, stem)?;
+    let mut last = applied;
+    let mut replayed = 0usize;
+    for (_, path) in &files {
+        let bytes = std::fs::read(path).map_err(|e| dir_err(dir, e.to_string()))?;
+        let entries: Vec<Entry<C>> = decode_file(&bytes, path)
+            .into_iter()
+            .filter(|e| e.seq > last)
+            .collect();
+        if entries.is_empty() {
+            continue;
+        }
+        c.execute_batch("BEGIN IMMEDIATE")?;
+        let applied = apply_all(c, &entries);
+        match applied {
+            Ok(()) => c.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = c.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+        }
+        replayed += entries.len();
+        last = entries.last().map_or(last, |e| e.seq);
+    }
+    if replayed > 0 {
+        tracing::info!(
+            entries = replayed,
+            "journal: applied what a previous run left"
+        );
+    }
+    Ok((files, last))
+}
+
+/// Applies `entries` and moves the applied position, inside the caller's transaction.
+fn apply_all<C: Change>(c: &Connection, entries: &[Entry<C>]) -> rusqlite::Result<()> {
+    let Some(last) = entries.last() else {
+        return Ok(());
+    };
+    for e in entries {
+        e.change.apply(c)?;
+        if let (Some(key), Some(reply)) = (&e.key, &e.reply) {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO requests(key, at_ms, reply) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![&key[..], e.at_ms as i64, &reply[..]])?;
+        }
+    }
+    c.prepare_cached("UPDATE journal SET applied = ?1")?
+        .execute([last.seq as i64])?;
+    Ok(())
+}
+
+impl<C: Change> Shared<C> {
+    /// Closes the current file (synced first with `full`) and starts the next, with room
+    /// for at least `need` bytes.
+    fn rotate(&self, log: &mut Log<C>, need: usize) -> std::io::Result<()> {
+        if self.full {
+            log.segment.file.sync_data()?;
+        }
+        let bytes = FILE_BYTES.max(need as u64);
+        let next = create(&self.dir, &self.stem, log.index + 1, self.full, bytes)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        log.sealed.push_back((log.index, log.next_seq - 1));
+        log.segment = next;
+        log.index += 1;
+        Ok(())
+    }
+
+    fn run_applier(&self) {
+        let progress = &*self.progress;
+        let mut worked = Instant::now();
+        loop {
+            if !self.wait_for_work(worked) {
+                return;
+            }
+            worked = Instant::now();
+            let batch = std::mem::take(&mut lock(&self.log).queue);
+            if batch.is_empty() {
+                continue;
+            }
+            let last = batch.last().map_or(0, |e| e.seq);
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                match self.store.apply(|c| apply_all(c, &batch)) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::error!(
+                            error = %e,
+                            "journal: applying to SQLite failed; the entries stay in the \
+                             journal and are tried again"
+                        );
+                        if self.stop.load(Ordering::SeqCst) {
+                            // Left for the next open to replay.
+                            return;
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            let bytes = batch.iter().map(|e| e.bytes).sum();
+            progress.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            progress.applied.store(last, Ordering::SeqCst);
+            progress.changed.notify_waiters();
+            self.forget_applied(last);
+        }
+    }
+
+    /// Waits until there is work worth applying; false once stopped with nothing left.
+    /// The flags it sleeps under are set and checked while it holds the wake-up lock,
+    /// which every waker takes to notify: no wake-up is lost.
+    fn wait_for_work(&self, worked: Instant) -> bool {
+        let p = &*self.progress;
+        let mut guard = lock(&p.wake.0);
+        let mut since: Option<Instant> = None;
+        loop {
+            let stop = self.stop.load(Ordering::SeqCst);
+            let backlog = p.backlog();
+            if backlog == 0 {
+                if stop {
+                    return false;
+                }
+                since = None;
+                if worked.elapsed() < DEEP_AFTER {
+                    guard = p
+                        .wake
+                        .1
+                        .wait_timeout(guard, POLL)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    continue;
+                }
+                p.idle.store(true, Ordering::SeqCst);
+                // An append after the check above found `idle` false and did not wake us.
+                if p.backlog() > 0 {
+                    p.idle.store(false, Ordering::SeqCst);
+                    continue;
+                }
+                guard = p.wake.1.wait(guard).unwrap_or_else(PoisonError::into_inner);
+                p.idle.store(false, Ordering::SeqCst);
+                continue;
+            }
+            if stop || backlog >= BATCH_NOW {
+                return true;
+            }
+            p.coalescing.store(true, Ordering::SeqCst);
+            let first = *since.get_or_insert_with(Instant::now);
+            let left = COALESCE.checked_sub(first.elapsed());
+            if p.urgent.swap(false, Ordering::SeqCst) || left.is_none() {
+                p.coalescing.store(false, Ordering::SeqCst);
+                return true;
+            }
+            let left = left.unwrap_or_default();
+            guard = p
+                .wake
+                .1
+                .wait_timeout(guard, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            p.coalescing.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Forgets the replies of applied entries and deletes applied files.
+    fn forget_applied(&self, applied: u64) {
+        let mut log = lock(&self.log);
+        while let Some(&(seq, key)) = log.reply_order.front() {
+            if seq > applied {
+                break;
+            }
+            log.reply_order.pop_front();
+            log.replies.remove(&key);
+        }
+        while let Some(&(index, last)) = log.sealed.front() {
+            if last > applied {
+                break;
+            }
+            log.sealed.pop_front();
+            let path = self.dir.join(file_name(&self.stem, index));
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %path.display(), error = %e, "journal: cannot delete an applied file");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreSection;
+    use serde::Deserialize;
+
+    /// A change that inserts one value.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Put(i64);
+
+    impl Change for Put {
+        fn apply(&self, c: &Connection) -> rusqlite::Result<()> {
+            c.execute("INSERT INTO t(v) VALUES (?1)", [self.0])
+                .map(drop)
+        }
+    }
+
+    fn store(dir: &Path) -> Arc<Store> {
+        let section = StoreSection {
+            data_dir: dir.to_path_buf(),
+            ..StoreSection::default()
+        };
+        Arc::new(
+            Store::open(
+                &section,
+                "t.db",
+                "CREATE TABLE IF NOT EXISTS t(v INTEGER);",
+                1,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn values(store: &Store) -> Vec<i64> {
+        store.with_writer(|c| {
+            c.prepare("SELECT v FROM t ORDER BY rowid")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        })
+    }
+
+    fn entry(seq: u64, v: i64, key: Option<&Key>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let reply = key.map(|_| v.to_string().into_bytes());
+        encode(&mut buf, seq, 1, key, reply.as_deref(), &Put(v)).unwrap();
+        buf
+    }
+
+    #[test]
+    fn what_a_crash_left_is_applied_once_at_open_up_to_a_torn_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        // SQLite has entries up to 2; the journal holds 1..=5 over two files, the
+        // second ending in half an entry (a crash in the middle of an append).
+        {
+            let s = store(dir.path());
+            s.with_writer(|c| {
+                c.execute_batch(STATE).unwrap();
+                c.execute_batch("INSERT INTO t(v) VALUES (1), (2); UPDATE journal SET applied = 2")
+                    .unwrap();
+            });
+        }
+        let mut first = entry(1, 1, None);
+        first.extend(entry(2, 2, None));
+        first.extend(entry(3, 3, None));
+        std::fs::write(dir.path().join(file_name("t", 7)), first).unwrap();
+        let mut second = entry(4, 4, None);
+        second.extend(entry(5, 5, None));
+        let torn = entry(6, 6, None);
+        second.extend(&torn[..torn.len() / 2]);
+        std::fs::write(dir.path().join(file_name("t", 8)), second).unwrap();
+
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1, 2, 3, 4, 5]);
+        assert_eq!(journal.applied(), 5);
+        let left: Vec<_> = list(dir.path(), "t")
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(left, [9], "applied files are deleted, the next one is new");
+
+        // The next entry follows on, and nothing is applied twice on the next open.
+        let seq = journal
+            .append(Put(7), None, &Bytes::new(), 1, |_, _| {})
+            .unwrap();
+        assert_eq!(seq, 6);
+        drop(journal);
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1, 2, 3, 4, 5, 7]);
+        assert_eq!(journal.applied(), 6);
+    }
+
+    #[test]
+    fn appended_entries_survive_a_crash_before_they_are_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        journal
+            .append(Put(1), None, &Bytes::new(), 1, |_, _| {})
+            .unwrap();
+        // Holding the write connection keeps the applier from applying: the files as
+        // they are now are what a `kill -9` would leave.
+        s.with_writer(|_| {
+            for v in 2..=4 {
+                journal
+                    .append(Put(v), None, &Bytes::new(), 1, |_, _| {})
+                    .unwrap();
+            }
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+            }
+        });
+        drop(journal);
+        let s = store(copy.path());
+        let journal = Journal::<Put>::open(s.clone(), copy.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1, 2, 3, 4]);
+        assert_eq!(journal.applied(), 4);
+    }
+
+    #[test]
+    fn a_damaged_entry_ends_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = entry(1, 1, None);
+        let mut bad = entry(2, 2, None);
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        bytes.extend(bad);
+        bytes.extend(entry(3, 3, None));
+        std::fs::write(dir.path().join(file_name("t", 0)), bytes).unwrap();
+        let s = store(dir.path());
+        let _journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_see_every_append_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        for round in 0..50i64 {
+            for v in 0..round {
+                journal
+                    .append(Put(round * 100 + v), None, &Bytes::new(), 1, |_, _| {})
+                    .unwrap();
+            }
+            let n: i64 = s
+                .read(|c| {
+                    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                        .map_err(internal)
+                })
+                .await
+                .unwrap();
+            assert_eq!(n, (0..=round).sum::<i64>());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_are_found_in_memory_then_in_sqlite_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        // A key whose id is not a UUIDv7 (time field 0) and one that is.
+        let mut low: Key = [0; 32];
+        low[31] = 1;
+        let mut v7 = [0u8; 32];
+        v7[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
+        for (v, key) in [(1, low), (2, v7)] {
+            assert_eq!(journal.seen(&key).unwrap(), None);
+            let reply = Bytes::from(format!("reply {v}"));
+            journal
+                .append(Put(v), Some(key), &reply, 1, |_, _| {})
+                .unwrap();
+            assert_eq!(
+                journal.seen(&key).unwrap(),
+                Some(reply.clone()),
+                "in memory"
+            );
+        }
+        journal.progress().caught_up().await;
+        assert_eq!(
+            journal.seen(&low).unwrap().unwrap(),
+            "reply 1",
+            "from SQLite"
+        );
+        drop(journal);
+
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(journal.seen(&low).unwrap().unwrap(), "reply 1");
+        assert_eq!(journal.seen(&v7).unwrap().unwrap(), "reply 2");
+        let mut new = [0u8; 32];
+        new[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
+        assert_eq!(journal.seen(&new).unwrap(), None);
+        assert_eq!(values(&s), [1, 2]);
+    }
+}
