@@ -44,7 +44,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use mlmesh::protocol::{from_payload, to_payload, Code, Status};
+use mlmesh::protocol::{Code, Status};
 
 use crate::store::{internal, Key, Store, StoreError};
 
@@ -63,7 +63,7 @@ const POLL: Duration = Duration::from_millis(2);
 const DEEP_AFTER: Duration = Duration::from_secs(1);
 /// Keys of instructions appended since open, remembered so that a new key needs no
 /// look-up in SQLite (see [`Journal::seen`]).
-const RECENT_KEYS: usize = 65_536;
+const RECENT_KEYS: usize = 4096;
 /// The size of a journal file: allocated when it is created, then filled. A new one is
 /// started when an entry does not fit.
 const FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -191,14 +191,15 @@ struct Log<C> {
     sealed: VecDeque<(u64, u64)>,
     next_seq: u64,
     queue: Vec<Entry<C>>,
-    replies: HashMap<Key, Bytes>,
-    /// The keys of `replies` in sequence order, to forget them once applied.
-    reply_order: VecDeque<(u64, Key)>,
-    /// The last [`RECENT_KEYS`] keys appended, in order.
-    recent: std::collections::HashSet<Key>,
-    recent_order: VecDeque<Key>,
-    /// No key stored in SQLite and forgotten from `recent` has a time field (see
-    /// [`time_field`]) above this.
+    /// The keys appended since open (the last [`RECENT_KEYS`] of them at least), with
+    /// their reply until their entry is applied.
+    keys: HashMap<Key, Option<Bytes>>,
+    /// `keys` in append order, with their entries' sequence numbers.
+    key_order: VecDeque<(u64, Key)>,
+    /// Where in `key_order` the replies not yet applied start.
+    unapplied: usize,
+    /// No key in SQLite and not in `keys` has a time field (see [`time_field`]) above
+    /// this.
     floor: u64,
     /// A read connection, for replies already applied.
     lookup: Connection,
@@ -278,10 +279,9 @@ impl<C: Change> Journal<C> {
             sealed: VecDeque::new(),
             next_seq: last + 1,
             queue: Vec::new(),
-            replies: HashMap::new(),
-            reply_order: VecDeque::new(),
-            recent: std::collections::HashSet::new(),
-            recent_order: VecDeque::new(),
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
+            unapplied: 0,
             floor,
             lookup: store.open_reader()?,
             buf: Vec::with_capacity(4096),
@@ -328,11 +328,11 @@ impl<C: Change> Journal<C> {
     /// for any 16 bytes of id: an id that is not a UUIDv7 only costs the look-up.
     pub(crate) fn seen(&self, key: &Key) -> Result<Option<Bytes>, Status> {
         let log = lock(&self.shared.log);
-        if let Some(reply) = log.replies.get(key) {
-            return Ok(Some(reply.clone()));
-        }
-        if !log.recent.contains(key) && time_field(key) > log.floor {
-            return Ok(None);
+        match log.keys.get(key) {
+            Some(Some(reply)) => return Ok(Some(reply.clone())),
+            Some(None) => {}
+            None if time_field(key) > log.floor => return Ok(None),
+            None => {}
         }
         // Not in memory: its entry, if any, is applied (replies are forgotten only after
         // their commit, under this lock), so this fresh read sees it.
@@ -380,9 +380,7 @@ impl<C: Change> Journal<C> {
         log.next_seq += 1;
         written(&change, seq);
         if let (Some(key), Some(reply)) = (key, &reply) {
-            log.replies.insert(key, reply.clone());
-            log.reply_order.push_back((seq, key));
-            log.remember(key);
+            log.remember(seq, key, reply.clone());
         }
         shared
             .progress
@@ -440,16 +438,32 @@ impl<C: Change> Drop for Journal<C> {
 }
 
 impl<C> Log<C> {
-    fn remember(&mut self, key: Key) {
-        if !self.recent.insert(key) {
-            return;
-        }
-        self.recent_order.push_back(key);
-        if self.recent_order.len() > RECENT_KEYS {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
+    /// Keeps `key`'s reply until entry `seq` is applied, and the key past that; forgets
+    /// the oldest applied key beyond [`RECENT_KEYS`], raising `floor` to it.
+    fn remember(&mut self, seq: u64, key: Key, reply: Bytes) {
+        // The caller looked the key up first ([`Journal::seen`]): it is new.
+        debug_assert!(!self.keys.contains_key(&key));
+        self.keys.insert(key, Some(reply));
+        self.key_order.push_back((seq, key));
+        if self.key_order.len() > RECENT_KEYS && self.unapplied > 0 {
+            if let Some((_, old)) = self.key_order.pop_front() {
+                self.unapplied -= 1;
+                self.keys.remove(&old);
                 self.floor = self.floor.max(time_field(&old));
             }
+        }
+    }
+
+    /// Drops the replies of entries up to `applied` from memory: SQLite has them.
+    fn forget_replies(&mut self, applied: u64) {
+        while let Some(&(seq, key)) = self.key_order.get(self.unapplied) {
+            if seq > applied {
+                break;
+            }
+            if let Some(reply) = self.keys.get_mut(&key) {
+                *reply = None;
+            }
+            self.unapplied += 1;
         }
     }
 }
@@ -542,7 +556,8 @@ fn encode<C: Change>(
         buf.extend_from_slice(&len.to_le_bytes());
         buf.extend_from_slice(reply);
     }
-    buf.extend_from_slice(&to_payload(change).map_err(|e| e.to_status())?);
+    // Straight into the buffer; structs as maps, so that a later build reads it.
+    rmp_serde::encode::write_named(buf, change).map_err(internal)?;
     let body = &buf[HEADER..];
     let len = u32::try_from(body.len()).map_err(|_| internal("entry too large"))?;
     let crc = crc32fast::hash(body);
@@ -603,7 +618,7 @@ fn decode_entry<C: Change>(b: &[u8]) -> Option<(Entry<C>, usize)> {
     } else {
         None
     };
-    let change = from_payload(body.get(at..)?).ok()?;
+    let change = rmp_serde::from_slice(body.get(at..)?).ok()?;
     Some((
         Entry {
             seq,
@@ -812,13 +827,7 @@ impl<C: Change> Shared<C> {
     /// Forgets the replies of applied entries and deletes applied files.
     fn forget_applied(&self, applied: u64) {
         let mut log = lock(&self.log);
-        while let Some(&(seq, key)) = log.reply_order.front() {
-            if seq > applied {
-                break;
-            }
-            log.reply_order.pop_front();
-            log.replies.remove(&key);
-        }
+        log.forget_replies(applied);
         while let Some(&(index, last)) = log.sealed.front() {
             if last > applied {
                 break;
@@ -992,6 +1001,33 @@ mod tests {
                 .unwrap();
             assert_eq!(n, (0..=round).sum::<i64>());
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_forgotten_from_memory_is_still_found_in_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        let key = |i: usize| {
+            let mut k = [0u8; 32];
+            k[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
+            k[16..24].copy_from_slice(&(i as u64).to_le_bytes());
+            k
+        };
+        let first = key(0);
+        journal
+            .append(Put(0), Some(first), &Bytes::from("first"), 1, |_, _| {})
+            .unwrap();
+        journal.progress().caught_up().await;
+        for i in 1..RECENT_KEYS + 10 {
+            let k = key(i);
+            assert_eq!(journal.seen(&k).unwrap(), None);
+            journal
+                .append(Put(i as i64), Some(k), &Bytes::new(), 1, |_, _| {})
+                .unwrap();
+        }
+        assert!(!lock(&journal.shared.log).keys.contains_key(&first));
+        assert_eq!(journal.seen(&first).unwrap().unwrap(), "first");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

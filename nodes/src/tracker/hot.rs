@@ -257,13 +257,18 @@ impl Hot {
                         r.params.insert(p.key.clone(), p.value.clone());
                     }
                     for k in keys {
-                        let key = r.keys.entry(k.key.clone()).or_insert_with(|| Key {
-                            summary: Summary::EMPTY,
-                            pending: VecDeque::new(),
-                        });
-                        key.summary = k.summary;
-                        key.forget_applied(applied);
-                        key.pending.extend(k.points.iter().map(|p| (seq, *p)));
+                        if !r.keys.contains_key(&k.key) {
+                            let key = Key {
+                                summary: Summary::EMPTY,
+                                pending: VecDeque::new(),
+                            };
+                            r.keys.insert(k.key.clone(), key);
+                        }
+                        if let Some(key) = r.keys.get_mut(&k.key) {
+                            key.summary = k.summary;
+                            key.forget_applied(applied);
+                            key.pending.extend(k.points.iter().map(|p| (seq, *p)));
+                        }
                     }
                 }
             }
@@ -497,22 +502,38 @@ impl Hot {
         }
 
         let mut logged = Logged::default();
-        let mut written = Vec::with_capacity(batch.metrics.len());
         let mut keys: Vec<KeyPoints> = Vec::new();
-        let mut slot: HashMap<&str, usize> = HashMap::new();
-        for m in &batch.metrics {
+        // The batch's first value of each of `keys`, and (from 8 keys on) an index of them.
+        let mut first_of: Vec<usize> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut duplicates: Vec<usize> = Vec::new();
+        for (i, m) in batch.metrics.iter().enumerate() {
             let p = Point {
                 step: m.step,
                 ts: m.timestamp,
                 bits: m.value.to_bits(),
             };
-            let at = *slot.entry(m.key.as_str()).or_insert_with(|| {
+            let found = if keys.len() < 8 {
+                keys.iter().position(|k| k.key == m.key)
+            } else {
+                if index.is_empty() {
+                    for (at, &first) in first_of.iter().enumerate() {
+                        index.insert(batch.metrics[first].key.as_str(), at);
+                    }
+                }
+                index.get(m.key.as_str()).copied()
+            };
+            let at = found.unwrap_or_else(|| {
                 let summary = run.keys.get(&m.key).map_or(Summary::EMPTY, |k| k.summary);
                 keys.push(KeyPoints {
                     key: m.key.clone(),
                     points: Vec::new(),
                     summary,
                 });
+                first_of.push(i);
+                if !index.is_empty() {
+                    index.insert(m.key.as_str(), keys.len() - 1);
+                }
                 keys.len() - 1
             });
             let kp = &mut keys[at];
@@ -525,34 +546,46 @@ impl Hot {
                     || self.stored(&batch.run, &m.key, &p)?);
             if duplicate {
                 logged.duplicates += 1;
+                duplicates.push(i);
                 continue;
             }
             kp.summary.add(&p);
             kp.points.push(p);
             logged.metrics += 1;
-            written.push(m.clone());
         }
         keys.retain(|k| !k.points.is_empty());
 
         let experiment_id = run.info.experiment_id;
+        let LogBatch {
+            run,
+            params,
+            metrics,
+            tags,
+            inputs,
+        } = batch;
+        // The event carries the values written: moved, not copied.
+        let written: Vec<_> = if duplicates.is_empty() {
+            metrics
+        } else {
+            let mut dups = duplicates.into_iter().peekable();
+            metrics
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| dups.next_if_eq(i).is_none())
+                .map(|(_, m)| m)
+                .collect()
+        };
         let mut done = Done::reply(&logged)?;
         if !written.is_empty() {
             done = done.event(
                 tracking::METRICS_LOGGED,
                 &MetricsLogged {
-                    run: batch.run,
+                    run,
                     experiment_id,
                     metrics: written,
                 },
             )?;
         }
-        let LogBatch {
-            run,
-            params,
-            tags,
-            inputs,
-            ..
-        } = batch;
         if !params.is_empty() {
             done = done.event(
                 tracking::PARAMS_LOGGED,
