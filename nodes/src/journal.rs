@@ -28,9 +28,24 @@
 //! `len: u32 LE | crc32: u32 LE | body`, the CRC-32 over the body, the body being
 //! `seq: u64 LE | at_ms: u64 LE | flags: u8 | [key: 32 bytes if flags & 1] |
 //! [reply_len: u32 LE | reply, if flags & 2] | change (MessagePack)`. Sequence numbers
-//! rise by one from entry to entry across files. A zero length ends a file's entries; a
-//! torn or damaged entry ends them too when read back (an append that did not complete
-//! was never acknowledged).
+//! rise by one from entry to entry across files. A zero length ends a file's entries.
+//!
+//! ## Reading back
+//! At open the entries past SQLite's applied position are applied while their numbers
+//! follow on one by one. The journal ends at the first torn or damaged entry (after a
+//! crash of the process only the last append can be torn, and it was never
+//! acknowledged) or at a gap in the numbers (the machine lost writes, as a power loss
+//! can under `durability = "normal"`: then the last acknowledged writes are lost, and
+//! SQLite stays consistent). Files with entries past the end are renamed `*.orphaned`
+//! and kept, with an error in the log; nothing is applied on top of a gap.
+//!
+//! ## Failures
+//! A write that cannot be appended (no disk space for the next file) is UNAVAILABLE
+//! with nothing written. After a failed `fdatasync` (`full`) nothing more is appended
+//! or acknowledged until a restart. If SQLite refuses to apply, the applier retries
+//! (backing off to 1 s) and the entries stay in the journal; reads and writers that
+//! wait for it give up after [`MAX_WAIT`] with UNAVAILABLE. What a tracker journals is
+//! checked first so that SQLite can always take it (e.g. times within `i64`).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -52,6 +67,8 @@ use crate::store::{internal, Key, Store, StoreError};
 /// writer waits for room beyond either.
 pub(crate) const MAX_BACKLOG: u64 = 16_384;
 pub(crate) const MAX_BACKLOG_BYTES: u64 = 64 * 1024 * 1024;
+/// A read or a writer waits at most this long for the applier.
+const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The applier waits this long for more entries before it applies what it has, unless
 /// a reader waits or [`BATCH_NOW`] entries are there.
 const COALESCE: Duration = Duration::from_millis(1);
@@ -112,20 +129,27 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// Waits until everything appended so far is applied to SQLite.
-    pub(crate) async fn caught_up(&self) {
+    /// Waits until everything appended so far is applied to SQLite; UNAVAILABLE if
+    /// that takes over [`MAX_WAIT`] (the applier is failing: see the log).
+    pub(crate) async fn caught_up(&self) -> Result<(), Status> {
         let target = self.appended.load(Ordering::SeqCst);
         self.wait(|p| p.applied.load(Ordering::SeqCst) >= target)
-            .await;
+            .await
     }
 
     /// Waits until the backlog is under [`MAX_BACKLOG`] entries and
-    /// [`MAX_BACKLOG_BYTES`].
-    pub(crate) async fn room(&self) {
+    /// [`MAX_BACKLOG_BYTES`]; UNAVAILABLE after [`MAX_WAIT`].
+    pub(crate) async fn room(&self) -> Result<(), Status> {
         self.wait(|p| {
             p.backlog() < MAX_BACKLOG && p.queued_bytes.load(Ordering::SeqCst) < MAX_BACKLOG_BYTES
         })
-        .await;
+        .await
+    }
+
+    /// The last sequence number appended.
+    #[cfg(test)]
+    pub(crate) fn appended(&self) -> u64 {
+        self.appended.load(Ordering::SeqCst)
     }
 
     fn backlog(&self) -> u64 {
@@ -134,20 +158,31 @@ impl Progress {
             .saturating_sub(self.applied.load(Ordering::SeqCst))
     }
 
-    async fn wait(&self, done: impl Fn(&Self) -> bool) {
+    async fn wait(&self, done: impl Fn(&Self) -> bool) -> Result<(), Status> {
         if done(self) {
-            return;
+            return Ok(());
         }
         self.hurry();
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if done(self) {
-                return;
+        let waited = async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done(self) {
+                    return;
+                }
+                changed.await;
             }
-            changed.await;
-        }
+        };
+        tokio::time::timeout(MAX_WAIT, waited).await.map_err(|_| {
+            Status::error(
+                Code::Unavailable,
+                format!(
+                    "store: SQLite is more than {} s behind the journal (see the node's log)",
+                    MAX_WAIT.as_secs()
+                ),
+            )
+        })
     }
 
     /// After an append: wakes the applier if it sleeps until woken. One that waits for
@@ -193,14 +228,18 @@ struct Log<C> {
     queue: Vec<Entry<C>>,
     /// The keys appended since open (the last [`RECENT_KEYS`] of them at least), with
     /// their reply until their entry is applied.
-    keys: HashMap<Key, Option<Bytes>>,
+    keys: HashMap<Key, (u64, Option<Bytes>)>,
     /// `keys` in append order, with their entries' sequence numbers.
     key_order: VecDeque<(u64, Key)>,
     /// Where in `key_order` the replies not yet applied start.
     unapplied: usize,
-    /// No key in SQLite and not in `keys` has a time field (see [`time_field`]) above
-    /// this.
+    /// No key in SQLite and not in `keys` or `far` has a time field (see
+    /// [`time_field`]) above this.
     floor: u64,
+    /// Keys forgotten from `keys` (or stored before open) whose time field was more than
+    /// [`FAR_AHEAD`] in the future then, at most [`RECENT_KEYS`] of them: they do not
+    /// raise `floor`, so that one odd id cannot cost every later request a look-up.
+    far: std::collections::HashSet<Key>,
     /// A read connection, for replies already applied.
     lookup: Connection,
     buf: Vec<u8>,
@@ -215,6 +254,8 @@ struct Shared<C> {
     progress: Arc<Progress>,
     /// `full`: the highest sequence number known to be on disk.
     synced: Mutex<u64>,
+    /// An `fdatasync` failed: nothing more is appended or acknowledged.
+    failed: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -254,16 +295,11 @@ impl<C: Change> Journal<C> {
         stem: &str,
         full: bool,
     ) -> Result<Self, StoreError> {
-        let (mut files, last, floor) = store.with_writer(|c| -> Result<_, StoreError> {
+        let (mut files, last, (floor, far)) = store.with_writer(|c| -> Result<_, StoreError> {
             c.execute_batch(STATE)?;
             let applied: i64 = c.query_row("SELECT applied FROM journal", [], |r| r.get(0))?;
             let (files, last) = replay::<C>(c, dir, stem, applied as u64)?;
-            let highest: Option<Vec<u8>> =
-                c.query_row("SELECT max(key) FROM requests", [], |r| r.get(0))?;
-            let floor = highest
-                .and_then(|k| Key::try_from(k.as_slice()).ok())
-                .map_or(0, |k| time_field(&k));
-            Ok((files, last, floor))
+            Ok((files, last, stored_floor(c)?))
         })?;
         let index = files.last().map_or(0, |(i, _)| i + 1);
         let segment = create(dir, stem, index, full, FILE_BYTES)?;
@@ -283,6 +319,7 @@ impl<C: Change> Journal<C> {
             key_order: VecDeque::new(),
             unapplied: 0,
             floor,
+            far,
             lookup: store.open_reader()?,
             buf: Vec::with_capacity(4096),
         };
@@ -295,6 +332,7 @@ impl<C: Change> Journal<C> {
             log: Mutex::new(log),
             progress,
             synced: Mutex::new(last),
+            failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -318,20 +356,21 @@ impl<C: Change> Journal<C> {
         self.shared.progress.applied.load(Ordering::SeqCst)
     }
 
-    /// The reply stored for `key`: in memory if its entry is not applied yet, else in
-    /// SQLite. The caller holds whatever orders its appends, so that no entry with
-    /// `key` is appended meanwhile.
+    /// The reply stored for `key`, and the sequence number of its entry while that is
+    /// not applied yet (0 once it is: then SQLite has it): a reply to a retry waits for
+    /// [`Journal::sync`] of it as the first reply did. The caller holds whatever orders
+    /// its appends, so that no entry with `key` is appended meanwhile.
     ///
     /// A new key is known to be new without a look-up in SQLite (a third of a small
     /// write's cost) when its id's time field is above `floor`: every key in SQLite has
     /// a time field at or below it, or is among the recent keys in memory. That holds
     /// for any 16 bytes of id: an id that is not a UUIDv7 only costs the look-up.
-    pub(crate) fn seen(&self, key: &Key) -> Result<Option<Bytes>, Status> {
+    pub(crate) fn seen(&self, key: &Key) -> Result<Option<(Bytes, u64)>, Status> {
         let log = lock(&self.shared.log);
         match log.keys.get(key) {
-            Some(Some(reply)) => return Ok(Some(reply.clone())),
-            Some(None) => {}
-            None if time_field(key) > log.floor => return Ok(None),
+            Some((seq, Some(reply))) => return Ok(Some((reply.clone(), *seq))),
+            Some((_, None)) => {}
+            None if time_field(key) > log.floor && !log.far.contains(key) => return Ok(None),
             None => {}
         }
         // Not in memory: its entry, if any, is applied (replies are forgotten only after
@@ -341,7 +380,7 @@ impl<C: Change> Journal<C> {
             .prepare_cached("SELECT reply FROM requests WHERE key = ?1")
             .and_then(|mut st| st.query_row([&key[..]], |r| r.get(0)).optional())
             .map_err(internal)?;
-        Ok(stored.map(Bytes::from))
+        Ok(stored.map(|r| (Bytes::from(r), 0)))
     }
 
     /// Appends `change` (with the instruction's key and reply, kept for retries) and
@@ -359,6 +398,9 @@ impl<C: Change> Journal<C> {
         let shared = &*self.shared;
         let mut log = lock(&shared.log);
         let log = &mut *log;
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(sync_failed());
+        }
         let seq = log.next_seq;
         let reply = key.map(|_| reply.clone());
         encode(
@@ -407,6 +449,9 @@ impl<C: Change> Journal<C> {
             return Ok(());
         }
         let mut synced = lock(&shared.synced);
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(sync_failed());
+        }
         if *synced >= seq {
             return Ok(());
         }
@@ -416,7 +461,14 @@ impl<C: Change> Journal<C> {
             let log = lock(&shared.log);
             (log.segment.file.clone(), log.next_seq - 1)
         };
-        file.sync_data().map_err(unavailable)?;
+        if let Err(e) = file.sync_data() {
+            // Linux may drop the pages that failed and clear the error: a later sync
+            // would succeed over lost data. Nothing more is acknowledged until a restart
+            // reads back what the file holds.
+            tracing::error!(error = %e, "journal: fdatasync failed; refusing writes until restart");
+            shared.failed.store(true, Ordering::SeqCst);
+            return Err(sync_failed());
+        }
         *synced = upto;
         Ok(())
     }
@@ -441,16 +493,29 @@ impl<C> Log<C> {
     /// Keeps `key`'s reply until entry `seq` is applied, and the key past that; forgets
     /// the oldest applied key beyond [`RECENT_KEYS`], raising `floor` to it.
     fn remember(&mut self, seq: u64, key: Key, reply: Bytes) {
-        // The caller looked the key up first ([`Journal::seen`]): it is new.
-        debug_assert!(!self.keys.contains_key(&key));
-        self.keys.insert(key, Some(reply));
+        // A key seen again (its stored reply pruned after the retention) takes the new
+        // entry; the older place in `key_order` then no longer owns it.
+        self.keys.insert(key, (seq, Some(reply)));
         self.key_order.push_back((seq, key));
         if self.key_order.len() > RECENT_KEYS && self.unapplied > 0 {
-            if let Some((_, old)) = self.key_order.pop_front() {
+            if let Some((seq, old)) = self.key_order.pop_front() {
                 self.unapplied -= 1;
-                self.keys.remove(&old);
-                self.floor = self.floor.max(time_field(&old));
+                if self.keys.get(&old).is_some_and(|(s, _)| *s == seq) {
+                    self.keys.remove(&old);
+                }
+                self.forget(old);
             }
+        }
+    }
+
+    /// Covers a key forgotten from `keys`: by `floor`, or in `far` if its time field is
+    /// far ahead (while `far` has room).
+    fn forget(&mut self, key: Key) {
+        let t = time_field(&key);
+        if t > far_ahead() && self.far.len() < RECENT_KEYS {
+            self.far.insert(key);
+        } else {
+            self.floor = self.floor.max(t);
         }
     }
 
@@ -460,18 +525,66 @@ impl<C> Log<C> {
             if seq > applied {
                 break;
             }
-            if let Some(reply) = self.keys.get_mut(&key) {
-                *reply = None;
+            if let Some((s, reply)) = self.keys.get_mut(&key) {
+                if *s == seq {
+                    *reply = None;
+                }
             }
             self.unapplied += 1;
         }
     }
 }
 
+/// How far in the future a key's time field may be and still raise `floor`.
+const FAR_AHEAD: Duration = Duration::from_secs(600);
+
+/// The time field beyond which a key is "far ahead" now.
+fn far_ahead() -> u64 {
+    crate::store::now_ms() + FAR_AHEAD.as_millis() as u64
+}
+
+/// `floor` and `far` for the keys stored in SQLite: the highest time field up to
+/// [`far_ahead`], and the keys beyond it (if there are too many of those, the floor
+/// covers them too).
+fn stored_floor(c: &Connection) -> rusqlite::Result<(u64, std::collections::HashSet<Key>)> {
+    let bound = far_ahead().min((1 << 48) - 1).to_be_bytes()[2..].to_vec();
+    let time_of = |k: Option<Vec<u8>>| {
+        k.and_then(|k| Key::try_from(k.as_slice()).ok())
+            .map_or(0, |k| time_field(&k))
+    };
+    let near: Option<Vec<u8>> = c.query_row(
+        "SELECT max(key) FROM requests WHERE key < ?1",
+        [&bound],
+        |r| r.get(0),
+    )?;
+    let far: Vec<Vec<u8>> = c
+        .prepare("SELECT key FROM requests WHERE key >= ?1 LIMIT ?2")?
+        .query_map(params![&bound, RECENT_KEYS as i64 + 1], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if far.len() > RECENT_KEYS {
+        let highest: Option<Vec<u8>> =
+            c.query_row("SELECT max(key) FROM requests", [], |r| r.get(0))?;
+        return Ok((time_of(highest), Default::default()));
+    }
+    let far = far
+        .into_iter()
+        .filter_map(|k| Key::try_from(k.as_slice()).ok())
+        .collect();
+    Ok((time_of(near), far))
+}
+
 /// The 48-bit time field of a key's id (a UUIDv7's Unix milliseconds; for other ids,
 /// just their first 6 bytes): keys in byte order are in time-field order.
 fn time_field(key: &Key) -> u64 {
     key[..6].iter().fold(0, |t, b| (t << 8) | u64::from(*b))
+}
+
+fn sync_failed() -> Status {
+    Status::error(
+        Code::Unavailable,
+        "store: the journal could not be synced to disk; whether this request was written \
+         is unknown until the tracker restarts",
+    )
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -566,8 +679,9 @@ fn encode<C: Change>(
     Ok(())
 }
 
-/// Reads the entries of one file, up to the first torn or damaged one.
-fn decode_file<C: Change>(bytes: &[u8], path: &Path) -> Vec<Entry<C>> {
+/// Reads the entries of one file, up to the first torn or damaged one; also says
+/// whether the file ended cleanly (at its end, or at zeros).
+fn decode_file<C: Change>(bytes: &[u8]) -> (Vec<Entry<C>>, bool) {
     let mut out = Vec::new();
     let mut at = 0usize;
     // The file's unused end is zeros: a zero length ends the entries.
@@ -577,18 +691,12 @@ fn decode_file<C: Change>(bytes: &[u8], path: &Path) -> Vec<Entry<C>> {
                 out.push(entry);
                 at += used;
             }
-            None => {
-                tracing::warn!(
-                    file = %path.display(),
-                    offset = at,
-                    "journal: a torn or damaged entry ends the file (an append that did not \
-                     complete was never acknowledged)"
-                );
-                break;
-            }
+            None => return (out, false),
         }
     }
-    out
+    // Less than a header left: clean only if it is zeros.
+    let clean = bytes.len() - at >= HEADER || bytes[at..].iter().all(|b| *b == 0);
+    (out, clean)
 }
 
 fn decode_entry<C: Change>(b: &[u8]) -> Option<(Entry<C>, usize)> {
@@ -653,37 +761,75 @@ fn list(dir: &Path, stem: &str) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     Ok(files)
 }
 
-/// Applies every entry past `applied` in the journal files, one transaction per file.
-/// Returns the files (to delete once a new one is open) and the last sequence number.
+/// Applies every entry past `applied` in the journal files, one transaction per file,
+/// while sequence numbers follow on from `applied` one by one. Returns the files (to
+/// delete once a new one is open) and the last sequence number applied.
+///
+/// The journal ends at its first torn or damaged entry, or at a gap in the numbers
+/// (after a crash only the last append can be torn; a gap means the machine lost
+/// writes, as a power loss can under `durability = "normal"`). Entries past that end are
+/// not applied on top of the missing ones: their files are renamed `*.orphaned` and
+/// kept, with an error in the log.
 fn replay<C: Change>(
     c: &Connection,
     dir: &Path,
     stem: &str,
     applied: u64,
 ) -> Result<(Vec<(u64, PathBuf)>, u64), StoreError> {
-    let files = list(dir, stem)?;
     let mut last = applied;
     let mut replayed = 0usize;
-    for (_, path) in &files {
-        let bytes = std::fs::read(path).map_err(|e| dir_err(dir, e.to_string()))?;
-        let entries: Vec<Entry<C>> = decode_file(&bytes, path)
-            .into_iter()
-            .filter(|e| e.seq > last)
-            .collect();
-        if entries.is_empty() {
-            continue;
-        }
-        c.execute_batch("BEGIN IMMEDIATE")?;
-        let applied = apply_all(c, &entries);
-        match applied {
-            Ok(()) => c.execute_batch("COMMIT")?,
-            Err(e) => {
-                let _ = c.execute_batch("ROLLBACK");
-                return Err(e.into());
+    let mut ended: Option<String> = None;
+    let mut done = Vec::new();
+    for (index, path) in list(dir, stem)? {
+        let bytes = std::fs::read(&path).map_err(|e| dir_err(dir, e.to_string()))?;
+        let (entries, clean) = decode_file::<C>(&bytes);
+        let mut run = Vec::new();
+        let mut beyond = false;
+        for e in entries {
+            let next = last + run.len() as u64 + 1;
+            if e.seq < next {
+                continue;
             }
+            if e.seq > next || ended.is_some() {
+                ended.get_or_insert_with(|| format!("entry {} follows {}", e.seq, next - 1));
+                beyond = true;
+                break;
+            }
+            run.push(e);
         }
-        replayed += entries.len();
-        last = entries.last().map_or(last, |e| e.seq);
+        if !run.is_empty() {
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            match apply_all(c, &run) {
+                Ok(()) => c.execute_batch("COMMIT")?,
+                Err(e) => {
+                    let _ = c.execute_batch("ROLLBACK");
+                    return Err(e.into());
+                }
+            }
+            replayed += run.len();
+            last += run.len() as u64;
+        }
+        if !clean {
+            tracing::warn!(
+                file = %path.display(),
+                "journal: a torn or damaged entry ends the journal (an append that did not \
+                 complete was never acknowledged)"
+            );
+            ended.get_or_insert_with(|| format!("a torn or damaged entry in {}", path.display()));
+        }
+        if beyond {
+            let kept = PathBuf::from(format!("{}.orphaned", path.display()));
+            tracing::error!(
+                file = %kept.display(),
+                applied = last,
+                why = ended.as_deref().unwrap_or_default(),
+                "journal: entries past the end of the journal are not applied (this machine \
+                 lost writes: a power loss under durability \"normal\"?); the file is kept"
+            );
+            std::fs::rename(&path, &kept).map_err(|e| dir_err(dir, e.to_string()))?;
+        } else {
+            done.push((index, path));
+        }
     }
     if replayed > 0 {
         tracing::info!(
@@ -691,7 +837,7 @@ fn replay<C: Change>(
             "journal: applied what a previous run left"
         );
     }
-    Ok((files, last))
+    Ok((done, last))
 }
 
 /// Applies `entries` and moves the applied position, inside the caller's transaction.
@@ -981,6 +1127,49 @@ mod tests {
         assert_eq!(values(&s), [1]);
     }
 
+    #[test]
+    fn entries_past_a_gap_are_kept_aside_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = store(dir.path());
+            s.with_writer(|c| {
+                c.execute_batch(STATE).unwrap();
+                c.execute_batch("INSERT INTO t(v) VALUES (1), (2); UPDATE journal SET applied = 2")
+                    .unwrap();
+            });
+        }
+        // Entries 3 and 4 are lost (their file deleted after a commit that a power loss
+        // undid); 5 and 6 survive in the next file.
+        let mut bytes = entry(5, 5, None);
+        bytes.extend(entry(6, 6, None));
+        std::fs::write(dir.path().join(file_name("t", 3)), bytes).unwrap();
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1, 2]);
+        assert_eq!(journal.applied(), 2);
+        let kept = dir.path().join(format!("{}.orphaned", file_name("t", 3)));
+        assert!(kept.exists(), "the file past the gap is kept");
+    }
+
+    #[test]
+    fn a_hole_in_an_earlier_file_ends_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = entry(1, 1, None);
+        first.extend(vec![0u8; 64]); // entry 2's page never reached the disk
+        first.extend(entry(3, 3, None));
+        std::fs::write(dir.path().join(file_name("t", 0)), first).unwrap();
+        std::fs::write(dir.path().join(file_name("t", 1)), entry(4, 4, None)).unwrap();
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1]);
+        assert_eq!(journal.applied(), 1);
+        // New entries follow on from what was applied.
+        let seq = journal
+            .append(Put(9), None, &Bytes::new(), 1, |_, _| {})
+            .unwrap();
+        assert_eq!(seq, 2);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_see_every_append_before_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -1018,7 +1207,7 @@ mod tests {
         journal
             .append(Put(0), Some(first), &Bytes::from("first"), 1, |_, _| {})
             .unwrap();
-        journal.progress().caught_up().await;
+        journal.progress().caught_up().await.unwrap();
         for i in 1..RECENT_KEYS + 10 {
             let k = key(i);
             assert_eq!(journal.seen(&k).unwrap(), None);
@@ -1027,7 +1216,46 @@ mod tests {
                 .unwrap();
         }
         assert!(!lock(&journal.shared.log).keys.contains_key(&first));
-        assert_eq!(journal.seen(&first).unwrap().unwrap(), "first");
+        assert_eq!(journal.seen(&first).unwrap().unwrap().0, "first");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_id_from_the_far_future_leaves_new_ids_without_a_look_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        let mut far: Key = [0xff; 32];
+        far[31] = 0;
+        journal
+            .append(Put(0), Some(far), &Bytes::from("far"), 1, |_, _| {})
+            .unwrap();
+        journal.progress().caught_up().await.unwrap();
+        let fresh = || {
+            let mut k = [0u8; 32];
+            k[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
+            k
+        };
+        for i in 1..RECENT_KEYS + 10 {
+            let k = fresh();
+            journal
+                .append(Put(i as i64), Some(k), &Bytes::new(), 1, |_, _| {})
+                .unwrap();
+        }
+        journal.progress().caught_up().await.unwrap();
+        // Time fields are milliseconds: a key made now must not share one with the last.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let floor_now = |j: &Journal<Put>| lock(&j.shared.log).floor;
+        assert!(!lock(&journal.shared.log).keys.contains_key(&far));
+        assert!(time_field(&fresh()) > floor_now(&journal));
+        assert_eq!(journal.seen(&far).unwrap().unwrap().0, "far", "still found");
+        drop(journal);
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(
+            time_field(&fresh()) > floor_now(&journal),
+            "after a restart too"
+        );
+        assert_eq!(journal.seen(&far).unwrap().unwrap().0, "far");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1043,26 +1271,27 @@ mod tests {
         for (v, key) in [(1, low), (2, v7)] {
             assert_eq!(journal.seen(&key).unwrap(), None);
             let reply = Bytes::from(format!("reply {v}"));
-            journal
+            let seq = journal
                 .append(Put(v), Some(key), &reply, 1, |_, _| {})
                 .unwrap();
+            // With its entry's number, for the retry's reply to wait for its sync.
             assert_eq!(
                 journal.seen(&key).unwrap(),
-                Some(reply.clone()),
+                Some((reply.clone(), seq)),
                 "in memory"
             );
         }
-        journal.progress().caught_up().await;
+        journal.progress().caught_up().await.unwrap();
         assert_eq!(
             journal.seen(&low).unwrap().unwrap(),
-            "reply 1",
+            (Bytes::from("reply 1"), 0),
             "from SQLite"
         );
         drop(journal);
 
         let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
-        assert_eq!(journal.seen(&low).unwrap().unwrap(), "reply 1");
-        assert_eq!(journal.seen(&v7).unwrap().unwrap(), "reply 2");
+        assert_eq!(journal.seen(&low).unwrap().unwrap().0, "reply 1");
+        assert_eq!(journal.seen(&v7).unwrap().unwrap().0, "reply 2");
         let mut new = [0u8; 32];
         new[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
         assert_eq!(journal.seen(&new).unwrap(), None);

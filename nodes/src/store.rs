@@ -17,10 +17,12 @@
 //!   of the node, and a power loss or OS crash can lose the last commits (never corrupt
 //!   the file). `durability = "full"` syncs every commit: then nothing acknowledged is
 //!   lost even to a power loss, at the cost of an fsync per group of commits.
-//! - **A journal in front** ([`crate::journal`], the tracker's): writes are decided from
+//! - **A journal in front** (the tracker's, module `journal`): writes are decided from
 //!   memory and acknowledged once appended to the journal; its applier brings SQLite up
-//!   to date in large transactions, and reads wait for it ([`Store::follow`]). The same
-//!   durability settings hold, for the journal's appends.
+//!   to date in large transactions, and reads wait for it (`Store::follow`). The same
+//!   durability settings hold, for the journal's appends: `normal` survives `kill -9`,
+//!   and a power loss may lose the last acknowledged writes (the journal then ends at
+//!   the first one missing: see its docs); `full` loses nothing.
 
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
@@ -315,7 +317,7 @@ impl Store {
         T: Send + 'static,
     {
         if let Some(journal) = self.journal.get() {
-            journal.caught_up().await;
+            journal.caught_up().await?;
         }
         let conn = match lock(&self.readers).pop() {
             Some(c) => c,

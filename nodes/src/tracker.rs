@@ -26,7 +26,9 @@
 //!   appended to the tracker's journal (`tracker.journal.*` beside `tracker.db`), so that
 //!   a `kill -9` loses none of it; SQLite is brought up to date right after the reply,
 //!   and at the next open if the process died first. Reads wait for what was
-//!   acknowledged before them. A retry with the same request id gets the stored reply.
+//!   acknowledged before them. A retry with the same request id gets the stored reply
+//!   (a write that changed nothing stores none: a retry of it is decided again, to the
+//!   same outcome).
 //!   See `journal` for the format and the durability settings.
 
 use std::path::Path;
@@ -127,18 +129,19 @@ impl Core {
         f: impl FnOnce(&mut Hot) -> Result<Decided, Status>,
     ) -> Result<(store::Done, Option<u64>), Status> {
         let mut hot = self.hot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(reply) = key
+        if let Some((reply, seq)) = key
             .as_ref()
             .map(|k| self.journal.seen(k))
             .transpose()?
             .flatten()
         {
+            // A retry: its reply waits for the first attempt's entry to be synced too.
             return Ok((
                 store::Done {
                     reply,
                     events: Vec::new(),
                 },
-                None,
+                Some(seq),
             ));
         }
         let Decided { done, changes } = f(&mut hot)?;
@@ -190,7 +193,7 @@ where
                 now_ms: now_ms(),
             };
             let key = store::key(ctx.request_id(), ctx.source());
-            core.journal.progress().room().await;
+            core.journal.progress().room().await?;
             let (done, seq) =
                 core.decide(Some(key), meta, |hot| op(hot, req, &core.settings, meta))?;
             core.sync(seq)?;
@@ -344,5 +347,79 @@ impl Tracker {
                 Err(e) => tracing::warn!(%owner, error = %e, "marking runs CRASHED failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlmesh::protocol::tracking::RunStart;
+    use mlmesh::protocol::{Code, MessageId};
+
+    fn start(start_ms: Option<u64>) -> RunStart {
+        RunStart {
+            experiment: "e".into(),
+            start_ms,
+            ..RunStart::default()
+        }
+    }
+
+    fn open(durability: store::Durability) -> (tempfile::TempDir, Tracker) {
+        let dir = tempfile::tempdir().unwrap();
+        let section = StoreSection {
+            data_dir: dir.path().into(),
+            durability,
+            ..StoreSection::default()
+        };
+        let tracker = Tracker::open(&section).unwrap();
+        (dir, tracker)
+    }
+
+    fn meta() -> Meta {
+        let node = NodeId::new();
+        Meta {
+            source: node,
+            node,
+            now_ms: now_ms(),
+        }
+    }
+
+    /// A value SQLite cannot take must be refused before it is journaled: once
+    /// acknowledged, a write that cannot be applied would stop the applier.
+    #[test]
+    fn a_start_time_sqlite_cannot_hold_is_refused_before_the_journal() {
+        let (_dir, t) = open(store::Durability::Normal);
+        let core = &t.core;
+        let m = meta();
+        let err = core
+            .decide(None, m, |h| {
+                h.run_start(start(Some(u64::MAX)), &core.settings, m)
+            })
+            .unwrap_err();
+        assert_eq!(err.code, Code::InvalidArgument);
+        assert_eq!(err.field.as_deref(), Some("start_ms"));
+        assert_eq!(core.journal.progress().appended(), 0, "nothing journaled");
+    }
+
+    /// Under `full`, the reply to a retry answered from memory waits for the same sync
+    /// as the first reply: `decide` gives it the entry's number.
+    #[test]
+    fn a_retry_answered_from_memory_waits_for_the_same_sync() {
+        let (_dir, t) = open(store::Durability::Full);
+        let core = &t.core;
+        let m = meta();
+        let key = store::key(MessageId::new(), m.source);
+        let (_, first) = core
+            .decide(Some(key), m, |h| {
+                h.run_start(start(None), &core.settings, m)
+            })
+            .unwrap();
+        let (_, retry) = core
+            .decide(Some(key), m, |h| {
+                h.run_start(start(None), &core.settings, m)
+            })
+            .unwrap();
+        assert!(first.is_some());
+        assert_eq!(retry, first);
     }
 }

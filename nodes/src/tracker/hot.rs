@@ -35,6 +35,8 @@ type Result<T> = std::result::Result<T, Status>;
 
 /// Runs kept in memory, at most (more while changes to them are not yet applied).
 pub(super) const MAX_RUNS: usize = 4096;
+/// Past [`MAX_RUNS`], runs are dropped from memory this often (in commits).
+const EVICT_EVERY: u64 = 64;
 /// Values not yet applied are swept from every key this often (in commits).
 const SWEEP_EVERY: u64 = 4096;
 
@@ -279,7 +281,9 @@ impl Hot {
                 key.forget_applied(applied);
             }
         }
-        if self.runs.len() > MAX_RUNS {
+        // Not on every commit: while the applier is behind, few runs can go, and
+        // looking costs a pass over all of them.
+        if self.runs.len() > MAX_RUNS && self.commits.is_multiple_of(EVICT_EVERY) {
             self.evict(applied);
         }
     }
@@ -388,6 +392,7 @@ impl Hot {
 
     /// `tracking.run.end`.
     pub(super) fn run_end(&mut self, req: RunEnd, meta: Meta) -> Result<Decided> {
+        limits::check_run_end(&req)?;
         if !matches!(
             req.status,
             RunStatus::Finished | RunStatus::Failed | RunStatus::Killed

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::status::{Code, Status};
 
-use super::{DatasetInput, ExperimentCreate, LogBatch, RunStart, Tags};
+use super::{DatasetInput, ExperimentCreate, LogBatch, RunEnd, RunStart, Tags};
 
 /// Metrics in one batch.
 pub const MAX_METRICS_PER_BATCH: usize = 1000;
@@ -237,7 +237,28 @@ pub fn check_run_start(req: &RunStart) -> Result<(), Status> {
     if let Some(name) = &req.name {
         check_len("name", "run name", name, MAX_RUN_NAME_LENGTH)?;
     }
+    check_time("start_ms", req.start_ms)?;
     check_tags("tags", &req.tags)
+}
+
+/// Checks a `tracking.run.end` against the limits (its status is the tracker's to judge).
+pub fn check_run_end(req: &RunEnd) -> Result<(), Status> {
+    check_time("end_ms", req.end_ms)
+}
+
+/// The largest time a tracker takes, Unix milliseconds: a signed 64-bit integer's range,
+/// as stores keep it.
+pub const MAX_TIME_MS: u64 = i64::MAX as u64;
+
+fn check_time(field: &str, ms: Option<u64>) -> Result<(), Status> {
+    match ms {
+        Some(ms) if ms > MAX_TIME_MS => Err(Status::error(
+            Code::InvalidArgument,
+            format!("{field} is {ms}, over the largest time taken ({MAX_TIME_MS})"),
+        )
+        .with_field(field)),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -323,5 +344,27 @@ mod tests {
         assert_eq!(field_of(check_log(&b)), "tags[0]");
         b.tags[0].key = "mlmesh.user".into();
         check_log(&b).unwrap();
+    }
+
+    #[test]
+    fn times_past_a_signed_64_bit_integer_are_refused_by_name() {
+        let start = |ms| RunStart {
+            experiment: "e".into(),
+            start_ms: Some(ms),
+            ..RunStart::default()
+        };
+        assert!(check_run_start(&start(MAX_TIME_MS)).is_ok());
+        let err = check_run_start(&start(MAX_TIME_MS + 1)).unwrap_err();
+        assert_eq!(err.code, Code::InvalidArgument);
+        assert_eq!(err.field.as_deref(), Some("start_ms"));
+        let end = RunEnd {
+            run: RunId::new(),
+            status: crate::tracking::RunStatus::Finished,
+            end_ms: Some(u64::MAX),
+        };
+        assert_eq!(
+            check_run_end(&end).unwrap_err().field.as_deref(),
+            Some("end_ms")
+        );
     }
 }
