@@ -26,6 +26,8 @@ enum Provider {
         name: Arc<str>,
         endpoint: Arc<str>,
         live: Arc<Liveness>,
+        /// The provider accepts request batches (SPEC 5.3).
+        batch: bool,
     },
 }
 
@@ -194,6 +196,7 @@ fn resolve_target(inner: &Inner, topic: &Topic, target: NodeId) -> Result<Provid
         name: peer.route.0.clone(),
         endpoint: peer.route.1.clone(),
         live: peer.live.clone(),
+        batch: peer.describe.batch,
     })
 }
 
@@ -202,11 +205,12 @@ fn providers(inner: &Inner, topic: &Topic) -> Vec<Provider> {
         .peers()
         .providers(topic)
         .into_iter()
-        .map(|(id, name, endpoint, live)| Provider::Remote {
+        .map(|(id, name, endpoint, live, batch)| Provider::Remote {
             id,
             name,
             endpoint,
             live,
+            batch,
         })
         .collect();
     if inner.handlers.contains_key(topic) {
@@ -250,6 +254,7 @@ fn pick(inner: &Inner, topic: &Topic, tried: &[NodeId]) -> Option<Provider> {
             name: p.route.0.clone(),
             endpoint: p.route.1.clone(),
             live: p.live.clone(),
+            batch: p.describe.batch,
         },
     })
 }
@@ -288,7 +293,12 @@ async fn call_one(
             let _count = Outstanding::new(&inner.local_outstanding);
             call_local(inner, handle, topic, id, data, deadline).await
         }
-        Provider::Remote { endpoint, live, .. } => {
+        Provider::Remote {
+            endpoint,
+            live,
+            batch,
+            ..
+        } => {
             let _count = Outstanding::new(&live.outstanding);
             // Built, encoded and dropped before the wait, so that the call's future does
             // not hold the envelope.
@@ -321,7 +331,7 @@ async fn call_one(
                     c
                 }
             };
-            let answer = client.call(id, frame, deadline).await?;
+            let answer = client.call(id, frame, deadline, *batch).await?;
             live.touch();
             answer
         }

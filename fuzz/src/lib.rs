@@ -187,6 +187,7 @@ impl Target {
                 heartbeat_ms: 60_000,
                 started_ms: 0,
                 peers: vec![],
+                batch: false,
             };
             tokio::spawn(serve_describe(router, describe));
             let mut config = Config::local("target", &mesh);

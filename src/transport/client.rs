@@ -21,10 +21,13 @@ use zeromq::{
     DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqError, ZmqMessage,
 };
 
-use mlmesh_protocol::{Body, Code, Codec, Envelope, MessageId, Status, Topic};
+use mlmesh_protocol::{is_batch, BatchBuf, Body, Code, Codec, Envelope, MessageId, Status, Topic};
 
 /// Requests queued towards one endpoint while it is not connected.
 const QUEUE: usize = 1024;
+
+/// Most bytes of envelopes in one request batch (and never more than the frame limit).
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// What a provider answered: its reply payload, or the error status it replied with.
 pub(crate) type Answer = Result<Bytes, Status>;
@@ -60,7 +63,30 @@ struct Shared {
     epoch: Instant,
     armed_ms: AtomicU64,
     expire: Notify,
+    /// Requests that go out together as one batch (SPEC 5.3), taken by the client's
+    /// batch task when `outbox_ready` wakes it.
+    outbox: Mutex<Outbox>,
+    outbox_ready: Notify,
     cancel: CancellationToken,
+}
+
+/// Requests made while others were in flight, to a provider that accepts batches.
+#[derive(Debug)]
+struct Outbox {
+    batch: BatchBuf,
+    ids: Vec<MessageId>,
+    /// The batch task was woken and has not taken the batch yet.
+    scheduled: bool,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Self {
+            batch: BatchBuf::with_capacity(0),
+            ids: Vec::new(),
+            scheduled: false,
+        }
+    }
 }
 
 /// A DEALER send half (zmq.rs's has no `Debug`).
@@ -175,10 +201,13 @@ impl PeerClient {
             epoch: Instant::now(),
             armed_ms: AtomicU64::new(u64::MAX),
             expire: Notify::new(),
+            outbox: Mutex::new(Outbox::new()),
+            outbox_ready: Notify::new(),
             cancel,
         });
         tokio::spawn(supervise(shared.clone(), rx));
         tokio::spawn(expire(shared.clone()));
+        tokio::spawn(send_batches(shared.clone(), queue.clone()));
         Arc::new(Self {
             shared,
             queue,
@@ -214,21 +243,24 @@ impl PeerClient {
     /// Sends one encoded request and waits for its reply until `deadline` (kept by the
     /// client's expiry task: the call has no timer of its own). `Ok` holds what the
     /// provider answered, its error status included; `Err`, a reply that did not come.
+    /// With `batch` (the provider accepts request batches), a request made while others
+    /// are in flight goes out in a batch with the requests made around it; a request
+    /// alone goes at once, as without.
     pub(crate) async fn call(
         &self,
         id: MessageId,
         frame: Vec<u8>,
         deadline: Instant,
+        batch: bool,
     ) -> Result<Answer, Status> {
         let shared = &self.shared;
         let (reply_tx, reply_rx) = oneshot::channel();
         let replies_before = shared.replies.load(Ordering::Relaxed);
         let deadline_ms = shared.ms_since_epoch(deadline, true);
-        shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
+        let others = {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let others = pending.len();
+            pending.insert(
                 id,
                 Waiting {
                     reply: reply_tx,
@@ -236,21 +268,26 @@ impl PeerClient {
                     replies_before,
                 },
             );
+            others
+        };
         let _cleanup = RemoveOnDrop(&shared.pending, id);
         // The expiry task wakes for the earliest deadline; it is told only when this one
         // is earlier (the first call after a quiet time, or a shorter deadline).
         if shared.armed_ms.fetch_min(deadline_ms, Ordering::AcqRel) > deadline_ms {
             shared.expire.notify_one();
         }
-        let mut msg = ZmqMessage::from(Bytes::new());
-        msg.push_back(Bytes::from(frame));
-        let deadline = tokio::time::Instant::from_std(deadline);
-        if let Some(msg) = self.send_now(msg)? {
-            // No connection, or its queue is full: wait for one or for room. Rare, and
-            // boxed, so that the usual call's future stays small.
-            match Box::pin(tokio::time::timeout_at(deadline, self.send(msg))).await {
-                Ok(sent) => sent?,
-                Err(_) => return Err(self.timed_out(replies_before)),
+        if !(batch && others > 0 && shared.enqueue(id, &frame)) {
+            let mut msg = ZmqMessage::from(Bytes::new());
+            msg.push_back(Bytes::from(frame));
+            if let Some(msg) = send_now(shared, msg)? {
+                // No connection, or its queue is full: wait for one or for room. Rare,
+                // and boxed, so that the usual call's future stays small.
+                let deadline = tokio::time::Instant::from_std(deadline);
+                let sending = send(shared, &self.queue, msg);
+                match Box::pin(tokio::time::timeout_at(deadline, sending)).await {
+                    Ok(sent) => sent?,
+                    Err(_) => return Err(self.timed_out(replies_before)),
+                }
             }
         }
         // No timer of its own: the expiry task answers it at the deadline.
@@ -260,51 +297,106 @@ impl PeerClient {
     fn timed_out(&self, replies_before: u64) -> Status {
         self.shared.timed_out(replies_before)
     }
+}
 
-    /// Queues `msg` on the live connection if that needs no wait (the usual case: no
-    /// future, no task hop); hands it back when there is no connection or no room.
-    fn send_now(&self, msg: ZmqMessage) -> Result<Option<ZmqMessage>, Status> {
-        let connection = self
-            .shared
-            .connection
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(DealerSendHalfDebug(half)) = connection.as_ref() else {
-            return Ok(Some(msg));
-        };
-        half.try_send(msg).map_err(|e| {
-            tracing::debug!(endpoint = %self.shared.endpoint, error = %e, "send failed");
-            self.shared.rebuild.notify_one();
-            not_sent()
-        })
-    }
+/// Queues `msg` on the live connection if that needs no wait (the usual case: no future,
+/// no task hop); hands it back when there is no connection or no room.
+fn send_now(shared: &Shared, msg: ZmqMessage) -> Result<Option<ZmqMessage>, Status> {
+    let connection = shared.connection.read().unwrap_or_else(|e| e.into_inner());
+    let Some(DealerSendHalfDebug(half)) = connection.as_ref() else {
+        return Ok(Some(msg));
+    };
+    half.try_send(msg).map_err(|e| {
+        tracing::debug!(endpoint = %shared.endpoint, error = %e, "send failed");
+        shared.rebuild.notify_one();
+        not_sent()
+    })
+}
 
-    /// On the live connection if there is one, else through the supervisor's queue.
-    async fn send(&self, msg: ZmqMessage) -> Result<(), Status> {
-        let connection = self
-            .shared
-            .connection
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let msg = match connection {
-            Some(DealerSendHalfDebug(mut half)) => match half.send(msg).await {
-                Ok(()) => return Ok(()),
-                // The connection went away under us: the message is handed back.
-                Err(ZmqError::ReturnToSender { message, .. }) => message,
-                Err(e) => {
-                    tracing::debug!(endpoint = %self.shared.endpoint, error = %e, "send failed");
-                    self.shared.rebuild.notify_one();
-                    return Err(not_sent());
-                }
-            },
-            None => msg,
+/// On the live connection if there is one, else through the supervisor's queue.
+async fn send(
+    shared: &Shared,
+    queue: &mpsc::Sender<ZmqMessage>,
+    msg: ZmqMessage,
+) -> Result<(), Status> {
+    let connection = shared
+        .connection
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let msg = match connection {
+        Some(DealerSendHalfDebug(mut half)) => match half.send(msg).await {
+            Ok(()) => return Ok(()),
+            // The connection went away under us: the message is handed back.
+            Err(ZmqError::ReturnToSender { message, .. }) => message,
+            Err(e) => {
+                tracing::debug!(endpoint = %shared.endpoint, error = %e, "send failed");
+                shared.rebuild.notify_one();
+                return Err(not_sent());
+            }
+        },
+        None => msg,
+    };
+    queue.send(msg).await.map_err(|_| not_sent())
+}
+
+/// Sends the requests of the outbox as batches: woken by the first request put in an
+/// empty outbox, it lets the tasks that are ready to run add theirs first (one yield to
+/// the scheduler), then takes them all and sends one message. Requests that cannot be
+/// sent end with UNAVAILABLE (not sent: another provider may take them).
+async fn send_batches(shared: Arc<Shared>, queue: mpsc::Sender<ZmqMessage>) {
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = shared.outbox_ready.notified() => {}
+        }
+        tokio::task::yield_now().await;
+        let (batch, ids) = {
+            let mut outbox = shared.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            outbox.scheduled = false;
+            let batch = std::mem::replace(&mut outbox.batch, BatchBuf::with_capacity(0));
+            (batch, std::mem::take(&mut outbox.ids))
         };
-        self.queue.send(msg).await.map_err(|_| not_sent())
+        if batch.is_empty() {
+            continue;
+        }
+        let mut msg = ZmqMessage::from(Bytes::new());
+        msg.push_back(batch.finish());
+        let sent = match send_now(&shared, msg) {
+            Ok(None) => Ok(()),
+            Ok(Some(msg)) => send(&shared, &queue, msg).await,
+            Err(status) => Err(status),
+        };
+        if let Err(status) = sent {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let failed: Vec<Waiting> = ids.iter().filter_map(|id| pending.remove(id)).collect();
+            drop(pending);
+            for w in failed {
+                let _ = w.reply.send(Err(status.clone()));
+            }
+        }
     }
 }
 
 impl Shared {
+    /// Puts an encoded request in the outbox and wakes the batch task if it is not awake
+    /// yet; `false` (the request is not taken) when the batch is full.
+    fn enqueue(&self, id: MessageId, frame: &[u8]) -> bool {
+        let limit = BATCH_BYTES.min(self.codec.max_size().saturating_sub(5));
+        let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        if outbox.batch.len() + frame.len() > limit {
+            return false;
+        }
+        outbox.batch.push_encoded(frame);
+        outbox.ids.push(id);
+        if !outbox.scheduled {
+            outbox.scheduled = true;
+            drop(outbox);
+            self.outbox_ready.notify_one();
+        }
+        true
+    }
+
     /// Whole milliseconds from `epoch` to `t`, rounded up or down.
     fn ms_since_epoch(&self, t: Instant, up: bool) -> u64 {
         let d = t.saturating_duration_since(self.epoch);
@@ -495,9 +587,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Hands a reply to the caller waiting for it; strays (late or unknown) are dropped.
-/// `topic` is the topic of the last reply: a reply of the same topic (the usual case)
-/// is read by position, sharing it.
+/// Hands each reply of a message (one, or a batch: SPEC 5.3) to the caller waiting for
+/// it; strays (late or unknown) are dropped. `topic` is the topic of the last reply: a
+/// reply of the same topic (the usual case) is read by position, sharing it.
 fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option<Topic>) {
     let frames = msg.into_vec();
     let Some(body) = frames.last() else { return };
@@ -507,13 +599,37 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
             .filter(|t| t.as_str().as_bytes() == name)
             .cloned()
     };
-    let env = match codec.decode_with(body, resolve) {
-        Ok(env) => env,
-        Err(e) => {
-            tracing::debug!(error = %e, "undecodable reply dropped");
-            return;
+    if !is_batch(body) {
+        match codec.decode_with(body, resolve) {
+            Ok(env) => {
+                if let Some((w, answer)) = answer(pending, env, topic) {
+                    let _ = w.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "undecodable reply dropped"),
         }
-    };
+        return;
+    }
+    let mut replies = Vec::new();
+    if let Err(e) = codec.decode_instructions(body, resolve, |env| replies.push(env)) {
+        tracing::debug!(error = %e, "undecodable reply batch dropped");
+        return;
+    }
+    let answers: Vec<_> = replies
+        .into_iter()
+        .filter_map(|env| answer(pending, env, topic))
+        .collect();
+    for (w, answer) in answers {
+        let _ = w.reply.send(Ok(answer));
+    }
+}
+
+/// The waiting call a reply answers (taken out of `pending`), and its answer.
+fn answer(
+    pending: &Pending,
+    env: Envelope,
+    topic: &mut Option<Topic>,
+) -> Option<(Waiting, Answer)> {
     let Envelope {
         topic: reply_topic,
         body: Body::Reply { re, status },
@@ -521,21 +637,19 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
         ..
     } = env
     else {
-        return;
+        return None;
     };
     if topic.as_ref() != Some(&reply_topic) {
         *topic = Some(reply_topic);
     }
-    let waiter = pending
+    let w = pending
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&re);
-    if let Some(w) = waiter {
-        let answer = if status.is_ok() {
-            Ok(data)
-        } else {
-            Err(status)
-        };
-        let _ = w.reply.send(Ok(answer));
-    }
+        .remove(&re)?;
+    let answer = if status.is_ok() {
+        Ok(data)
+    } else {
+        Err(status)
+    };
+    Some((w, answer))
 }
