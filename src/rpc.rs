@@ -219,9 +219,10 @@ fn providers(inner: &Inner, topic: &Topic) -> Vec<Provider> {
     out
 }
 
-/// The live provider with the fewest outstanding requests; ties rotate. Two walks over
-/// the candidates under the peer table's lock (count, then choose) and one clone, of the
-/// provider chosen: nothing is collected per call.
+/// The live provider with the fewest outstanding requests; ties rotate. One walk over
+/// the candidates under the peer table's lock when there is one (the usual case), two
+/// otherwise (count, then choose), and one clone, of the provider chosen: nothing is
+/// collected per call.
 fn pick(inner: &Inner, topic: &Topic, tried: &[NodeId]) -> Option<Provider> {
     static ROTATE: AtomicUsize = AtomicUsize::new(0);
     let local = !tried.contains(&inner.id) && inner.handlers.contains_key(topic);
@@ -234,19 +235,26 @@ fn pick(inner: &Inner, topic: &Topic, tried: &[NodeId]) -> Option<Provider> {
             .map(Some)
             .chain(local.then_some(None))
     };
-    let n = candidates().count();
-    if n == 0 {
-        return None;
+    let (mut n, mut first) = (0, None);
+    for c in candidates() {
+        first = first.or(Some(c));
+        n += 1;
     }
-    let start = ROTATE.fetch_add(1, Ordering::Relaxed) % n;
-    let load = |c: &Option<&crate::peers::Peer>| match c {
-        None => inner.local_outstanding.load(Ordering::Relaxed),
-        Some(p) => p.live.outstanding.load(Ordering::Relaxed),
+    // One candidate (the usual case): no second walk, no shared rotation counter.
+    let best = if n <= 1 {
+        first?
+    } else {
+        let start = ROTATE.fetch_add(1, Ordering::Relaxed) % n;
+        let load = |c: &Option<&crate::peers::Peer>| match c {
+            None => inner.local_outstanding.load(Ordering::Relaxed),
+            Some(p) => p.live.outstanding.load(Ordering::Relaxed),
+        };
+        // The least loaded; among equals, the first from `start` on (in a rotated order).
+        candidates()
+            .enumerate()
+            .min_by_key(|(j, c)| (load(c), (j + n - start) % n))?
+            .1
     };
-    // The least loaded; among equals, the first from `start` on (in a rotated order).
-    let (_, best) = candidates()
-        .enumerate()
-        .min_by_key(|(j, c)| (load(c), (j + n - start) % n))?;
     Some(match best {
         None => Provider::Local,
         Some(p) => Provider::Remote {

@@ -42,7 +42,46 @@ struct Waiting {
     replies_before: u64,
 }
 
-type Pending = Mutex<HashMap<MessageId, Waiting>>;
+type Pending = Mutex<HashMap<MessageId, Waiting, IdHash>>;
+
+/// Hashes a pending call's id with a multiply per word instead of SipHash's rounds: the
+/// keys are ids this client made (UUIDv7, 74 random bits), which a peer can look up, by
+/// replies, but never insert, so there is no flooding to defend against.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// See [`IdHash`].
+#[derive(Debug)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Two words for a UUID; a multiply and a rotation spread each over the hash's
+        // high bits (hashbrown's tags) and low bits (its buckets).
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(29);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 ^= n as u64;
+    }
+}
 
 /// What a client and its supervisor task share.
 #[derive(Debug)]
@@ -68,6 +107,9 @@ struct Shared {
     outbox: Mutex<Outbox>,
     outbox_ready: Notify,
     cancel: CancellationToken,
+    /// Set when the client stops (closed, or its supervisor ended with the node): a
+    /// flag that calls read without the cancellation token's lock.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// Requests made while others were in flight, to a provider that accepts batches.
@@ -194,7 +236,7 @@ impl PeerClient {
             endpoint,
             codec,
             connect_timeout,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::with_hasher(IdHash)),
             connection: RwLock::new(None),
             replies: AtomicU64::new(0),
             rebuild: Notify::new(),
@@ -204,6 +246,7 @@ impl PeerClient {
             outbox: Mutex::new(Outbox::new()),
             outbox_ready: Notify::new(),
             cancel,
+            closed: false.into(),
         });
         tokio::spawn(supervise(shared.clone(), rx));
         tokio::spawn(expire(shared.clone()));
@@ -219,11 +262,12 @@ impl PeerClient {
     /// [`Clients`], as a peer's liveness keeps one, must ask).
     pub(crate) fn serves(&self, endpoint: &str) -> bool {
         !self.taken.load(Ordering::Acquire)
-            && !self.shared.cancel.is_cancelled()
+            && !self.shared.closed.load(Ordering::Acquire)
             && self.shared.endpoint == endpoint
     }
 
     fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.cancel.cancel();
         fail_all(
             &self.shared.pending,
@@ -468,6 +512,15 @@ fn fail_all(pending: &Pending, why: &str) {
 
 /// Connects, reads replies, and rebuilds the connection when it fails.
 async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
+    /// Marks the client closed however the supervisor ends (the node's cancellation
+    /// included, which cancels the client's token without [`PeerClient::close`]).
+    struct Closed<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Closed<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let _closed = Closed(&shared.closed);
     let endpoint = shared.endpoint.as_str();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -602,7 +655,9 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
     if !is_batch(body) {
         match codec.decode_with(body, resolve) {
             Ok(env) => {
-                if let Some((w, answer)) = answer(pending, env, topic) {
+                let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((w, answer)) = answer(&mut waiting, env, topic) {
+                    drop(waiting);
                     let _ = w.reply.send(Ok(answer));
                 }
             }
@@ -615,10 +670,14 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
         tracing::debug!(error = %e, "undecodable reply batch dropped");
         return;
     }
-    let answers: Vec<_> = replies
-        .into_iter()
-        .filter_map(|env| answer(pending, env, topic))
-        .collect();
+    // One lock for the batch; the callers are woken after it is released.
+    let answers: Vec<_> = {
+        let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
+        replies
+            .into_iter()
+            .filter_map(|env| answer(&mut waiting, env, topic))
+            .collect()
+    };
     for (w, answer) in answers {
         let _ = w.reply.send(Ok(answer));
     }
@@ -626,7 +685,7 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
 
 /// The waiting call a reply answers (taken out of `pending`), and its answer.
 fn answer(
-    pending: &Pending,
+    pending: &mut HashMap<MessageId, Waiting, IdHash>,
     env: Envelope,
     topic: &mut Option<Topic>,
 ) -> Option<(Waiting, Answer)> {
@@ -642,10 +701,7 @@ fn answer(
     if topic.as_ref() != Some(&reply_topic) {
         *topic = Some(reply_topic);
     }
-    let w = pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&re)?;
+    let w = pending.remove(&re)?;
     let answer = if status.is_ok() {
         Ok(data)
     } else {
