@@ -7,6 +7,11 @@
 //! or suspected dead (a request timed out with no reply on that connection since it was
 //! sent). Callers send on the connection's send half themselves (no task hop); while
 //! there is no connection, requests wait in a bounded queue the supervisor drains.
+//!
+//! To a provider that accepts batches (SPEC 5.3), a request made while others are in
+//! flight goes into a bounded outbox instead, which a batch task per client sends as
+//! one frame after the callers that are ready to run have added theirs; a request made
+//! alone still goes out at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,13 +26,16 @@ use zeromq::{
     DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqError, ZmqMessage,
 };
 
-use mlmesh_protocol::{is_batch, BatchBuf, Body, Code, Codec, Envelope, MessageId, Status, Topic};
+mod id_hash;
+mod outbox;
+
+use id_hash::IdHash;
+use outbox::{send_batches, Outbox};
+
+use mlmesh_protocol::{is_batch, Body, Code, Codec, Envelope, MessageId, Status, Topic};
 
 /// Requests queued towards one endpoint while it is not connected.
 const QUEUE: usize = 1024;
-
-/// Most bytes of envelopes in one request batch (and never more than the frame limit).
-const BATCH_BYTES: usize = 64 * 1024;
 
 /// What a provider answered: its reply payload, or the error status it replied with.
 pub(crate) type Answer = Result<Bytes, Status>;
@@ -43,45 +51,6 @@ struct Waiting {
 }
 
 type Pending = Mutex<HashMap<MessageId, Waiting, IdHash>>;
-
-/// Hashes a pending call's id with a multiply per word instead of SipHash's rounds: the
-/// keys are ids this client made (UUIDv7, 74 random bits), which a peer can look up, by
-/// replies, but never insert, so there is no flooding to defend against.
-#[derive(Debug, Default, Clone, Copy)]
-struct IdHash;
-
-impl std::hash::BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-/// See [`IdHash`].
-#[derive(Debug)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Two words for a UUID; a multiply and a rotation spread each over the hash's
-        // high bits (hashbrown's tags) and low bits (its buckets).
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                .rotate_left(29);
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.0 ^= n as u64;
-    }
-}
 
 /// What a client and its supervisor task share.
 #[derive(Debug)]
@@ -110,25 +79,6 @@ struct Shared {
     /// Set when the client stops (closed, or its supervisor ended with the node): a
     /// flag that calls read without the cancellation token's lock.
     closed: std::sync::atomic::AtomicBool,
-}
-
-/// Requests made while others were in flight, to a provider that accepts batches.
-#[derive(Debug)]
-struct Outbox {
-    batch: BatchBuf,
-    ids: Vec<MessageId>,
-    /// The batch task was woken and has not taken the batch yet.
-    scheduled: bool,
-}
-
-impl Outbox {
-    fn new() -> Self {
-        Self {
-            batch: BatchBuf::with_capacity(0),
-            ids: Vec::new(),
-            scheduled: false,
-        }
-    }
 }
 
 /// A DEALER send half (zmq.rs's has no `Debug`).
@@ -384,63 +334,7 @@ async fn send(
     queue.send(msg).await.map_err(|_| not_sent())
 }
 
-/// Sends the requests of the outbox as batches: woken by the first request put in an
-/// empty outbox, it lets the tasks that are ready to run add theirs first (one yield to
-/// the scheduler), then takes them all and sends one message. Requests that cannot be
-/// sent end with UNAVAILABLE (not sent: another provider may take them).
-async fn send_batches(shared: Arc<Shared>, queue: mpsc::Sender<ZmqMessage>) {
-    loop {
-        tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            _ = shared.outbox_ready.notified() => {}
-        }
-        tokio::task::yield_now().await;
-        let (batch, ids) = {
-            let mut outbox = shared.outbox.lock().unwrap_or_else(|e| e.into_inner());
-            outbox.scheduled = false;
-            let batch = std::mem::replace(&mut outbox.batch, BatchBuf::with_capacity(0));
-            (batch, std::mem::take(&mut outbox.ids))
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        let mut msg = ZmqMessage::from(Bytes::new());
-        msg.push_back(batch.finish());
-        let sent = match send_now(&shared, msg) {
-            Ok(None) => Ok(()),
-            Ok(Some(msg)) => send(&shared, &queue, msg).await,
-            Err(status) => Err(status),
-        };
-        if let Err(status) = sent {
-            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let failed: Vec<Waiting> = ids.iter().filter_map(|id| pending.remove(id)).collect();
-            drop(pending);
-            for w in failed {
-                let _ = w.reply.send(Err(status.clone()));
-            }
-        }
-    }
-}
-
 impl Shared {
-    /// Puts an encoded request in the outbox and wakes the batch task if it is not awake
-    /// yet; `false` (the request is not taken) when the batch is full.
-    fn enqueue(&self, id: MessageId, frame: &[u8]) -> bool {
-        let limit = BATCH_BYTES.min(self.codec.max_size().saturating_sub(5));
-        let mut outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        if outbox.batch.len() + frame.len() > limit {
-            return false;
-        }
-        outbox.batch.push_encoded(frame);
-        outbox.ids.push(id);
-        if !outbox.scheduled {
-            outbox.scheduled = true;
-            drop(outbox);
-            self.outbox_ready.notify_one();
-        }
-        true
-    }
-
     /// Whole milliseconds from `epoch` to `t`, rounded up or down.
     fn ms_since_epoch(&self, t: Instant, up: bool) -> u64 {
         let d = t.saturating_duration_since(self.epoch);

@@ -3,7 +3,8 @@
 //! A request arrives as `[identity][empty][envelope]` (REQ, or a DEALER that sends
 //! the delimiter). The reply goes back with the same routing frames. Every request
 //! frame gets exactly one reply, even one that cannot be decoded, so that a plain REQ
-//! socket never gets stuck waiting.
+//! socket never gets stuck waiting. A request batch (SPEC 5.3) gets one reply per
+//! envelope, those that are ready at once sent back together as reply batches.
 
 use std::net::Ipv4Addr;
 use std::panic::AssertUnwindSafe;
