@@ -119,7 +119,7 @@ async fn describe(inner: &Arc<Inner>, endpoint: &str) -> Result<Describe, String
         .clients
         .get(endpoint, inner.codec, timeout, &inner.cancel);
     let reply = client
-        .call(id, frame, deadline)
+        .call(id, frame, deadline, false)
         .await
         .map_err(|s| s.to_string())?;
     match reply {

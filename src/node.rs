@@ -307,6 +307,7 @@ impl Inner {
             heartbeat_ms: self.config.liveness.heartbeat_ms,
             started_ms: self.started_ms,
             peers,
+            batch: true,
         }
     }
 

@@ -368,7 +368,7 @@ impl PeerTable {
     pub(crate) fn providers(
         &self,
         topic: &Topic,
-    ) -> Vec<(NodeId, Arc<str>, Arc<str>, Arc<Liveness>)> {
+    ) -> Vec<(NodeId, Arc<str>, Arc<str>, Arc<Liveness>, bool)> {
         self.serving(topic)
             .map(|p| {
                 (
@@ -376,6 +376,7 @@ impl PeerTable {
                     p.route.0.clone(),
                     p.route.1.clone(),
                     p.live.clone(),
+                    p.describe.batch,
                 )
             })
             .collect()
@@ -420,6 +421,7 @@ mod tests {
             heartbeat_ms: hb,
             started_ms: 0,
             peers: vec![],
+            batch: false,
         }
     }
 

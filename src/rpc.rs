@@ -26,6 +26,8 @@ enum Provider {
         name: Arc<str>,
         endpoint: Arc<str>,
         live: Arc<Liveness>,
+        /// The provider accepts request batches (SPEC 5.3).
+        batch: bool,
     },
 }
 
@@ -194,6 +196,7 @@ fn resolve_target(inner: &Inner, topic: &Topic, target: NodeId) -> Result<Provid
         name: peer.route.0.clone(),
         endpoint: peer.route.1.clone(),
         live: peer.live.clone(),
+        batch: peer.describe.batch,
     })
 }
 
@@ -202,11 +205,12 @@ fn providers(inner: &Inner, topic: &Topic) -> Vec<Provider> {
         .peers()
         .providers(topic)
         .into_iter()
-        .map(|(id, name, endpoint, live)| Provider::Remote {
+        .map(|(id, name, endpoint, live, batch)| Provider::Remote {
             id,
             name,
             endpoint,
             live,
+            batch,
         })
         .collect();
     if inner.handlers.contains_key(topic) {
@@ -215,9 +219,10 @@ fn providers(inner: &Inner, topic: &Topic) -> Vec<Provider> {
     out
 }
 
-/// The live provider with the fewest outstanding requests; ties rotate. Two walks over
-/// the candidates under the peer table's lock (count, then choose) and one clone, of the
-/// provider chosen: nothing is collected per call.
+/// The live provider with the fewest outstanding requests; ties rotate. One walk over
+/// the candidates under the peer table's lock when there is one (the usual case), two
+/// otherwise (count, then choose), and one clone, of the provider chosen: nothing is
+/// collected per call.
 fn pick(inner: &Inner, topic: &Topic, tried: &[NodeId]) -> Option<Provider> {
     static ROTATE: AtomicUsize = AtomicUsize::new(0);
     let local = !tried.contains(&inner.id) && inner.handlers.contains_key(topic);
@@ -230,19 +235,26 @@ fn pick(inner: &Inner, topic: &Topic, tried: &[NodeId]) -> Option<Provider> {
             .map(Some)
             .chain(local.then_some(None))
     };
-    let n = candidates().count();
-    if n == 0 {
-        return None;
+    let (mut n, mut first) = (0, None);
+    for c in candidates() {
+        first = first.or(Some(c));
+        n += 1;
     }
-    let start = ROTATE.fetch_add(1, Ordering::Relaxed) % n;
-    let load = |c: &Option<&crate::peers::Peer>| match c {
-        None => inner.local_outstanding.load(Ordering::Relaxed),
-        Some(p) => p.live.outstanding.load(Ordering::Relaxed),
+    // One candidate (the usual case): no second walk, no shared rotation counter.
+    let best = if n <= 1 {
+        first?
+    } else {
+        let start = ROTATE.fetch_add(1, Ordering::Relaxed) % n;
+        let load = |c: &Option<&crate::peers::Peer>| match c {
+            None => inner.local_outstanding.load(Ordering::Relaxed),
+            Some(p) => p.live.outstanding.load(Ordering::Relaxed),
+        };
+        // The least loaded; among equals, the first from `start` on (in a rotated order).
+        candidates()
+            .enumerate()
+            .min_by_key(|(j, c)| (load(c), (j + n - start) % n))?
+            .1
     };
-    // The least loaded; among equals, the first from `start` on (in a rotated order).
-    let (_, best) = candidates()
-        .enumerate()
-        .min_by_key(|(j, c)| (load(c), (j + n - start) % n))?;
     Some(match best {
         None => Provider::Local,
         Some(p) => Provider::Remote {
@@ -250,6 +262,7 @@ fn pick(inner: &Inner, topic: &Topic, tried: &[NodeId]) -> Option<Provider> {
             name: p.route.0.clone(),
             endpoint: p.route.1.clone(),
             live: p.live.clone(),
+            batch: p.describe.batch,
         },
     })
 }
@@ -288,7 +301,12 @@ async fn call_one(
             let _count = Outstanding::new(&inner.local_outstanding);
             call_local(inner, handle, topic, id, data, deadline).await
         }
-        Provider::Remote { endpoint, live, .. } => {
+        Provider::Remote {
+            endpoint,
+            live,
+            batch,
+            ..
+        } => {
             let _count = Outstanding::new(&live.outstanding);
             // Built, encoded and dropped before the wait, so that the call's future does
             // not hold the envelope.
@@ -321,7 +339,7 @@ async fn call_one(
                     c
                 }
             };
-            let answer = client.call(id, frame, deadline).await?;
+            let answer = client.call(id, frame, deadline, *batch).await?;
             live.touch();
             answer
         }

@@ -242,6 +242,7 @@ impl FakePeer {
             heartbeat_ms: 1000,
             started_ms: 0,
             peers: vec![],
+            batch: false,
         };
         let server = tokio::spawn(serve_describe(router, describe));
         FakePeer {

@@ -106,11 +106,33 @@ pub fn codec(data: &[u8]) {
             }
             Err(e) => assert!(!e.to_status().is_ok(), "a decode error maps to OK: {e}"),
         }
-        match codec.decode_frame(&frame) {
+        let frame_envs = match codec.decode_frame(&frame) {
             // SPEC 5.2: a batch holds at least one envelope (RELIABILITY.md, finding 6,
             // fixed).
-            Ok(envs) => assert!(!envs.is_empty(), "an empty batch decoded"),
-            Err(e) => assert!(!e.to_status().is_ok(), "a decode error maps to OK: {e}"),
+            Ok(envs) => {
+                assert!(!envs.is_empty(), "an empty batch decoded");
+                Some(envs)
+            }
+            Err(e) => {
+                assert!(!e.to_status().is_ok(), "a decode error maps to OK: {e}");
+                None
+            }
+        };
+        // SPEC 5.3: the instruction path (read by position when the topic is known)
+        // accepts exactly what the general reader accepts, and reads the same envelopes.
+        for known in [false, true] {
+            let resolve = |name: &[u8]| {
+                let name = std::str::from_utf8(name).ok().filter(|_| known)?;
+                Topic::new(name).ok()
+            };
+            let mut envs = Vec::new();
+            match codec.decode_instructions(&frame, resolve, |env| envs.push(env)) {
+                Ok(()) => assert_eq!(Some(&envs), frame_envs.as_ref(), "instruction path"),
+                Err(e) => {
+                    assert!(!e.to_status().is_ok(), "a decode error maps to OK: {e}");
+                    assert!(frame_envs.is_none(), "the instruction path refused: {e}");
+                }
+            }
         }
     }
     payloads(data);
@@ -118,6 +140,9 @@ pub fn codec(data: &[u8]) {
 
 // ---------------------------------------------------------------------------------------
 // A node's sockets.
+
+/// The frame limit of the node under test.
+const NODE_FRAME_LIMIT: usize = 64 * 1024;
 
 /// How long a node has to answer one input.
 const ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -187,12 +212,13 @@ impl Target {
                 heartbeat_ms: 60_000,
                 started_ms: 0,
                 peers: vec![],
+                batch: false,
             };
             tokio::spawn(serve_describe(router, describe));
             let mut config = Config::local("target", &mesh);
             config.discovery.seeds = vec![rpc.to_string()];
             config.discovery.seed_interval_ms = 200;
-            config.limits.max_message_size = 64 * 1024;
+            config.limits.max_message_size = NODE_FRAME_LIMIT;
             let node = Node::builder(config)
                 .handle_raw("demo.echo", |data: Bytes, _| async move { Ok(data) })
                 .spawn()
@@ -264,7 +290,9 @@ impl Target {
     }
 
     /// Sends `frame` as a request and counts the replies until a `sys.ping` sent right
-    /// after it is answered; waits for the late one if it has not come yet.
+    /// after it is answered; waits for the late ones if they have not come yet. A frame
+    /// the node reads as a batch of n requests (SPEC 5.3) gets n replies, single or in
+    /// reply batches; anything else gets one, never in a batch.
     fn request(&mut self, frame: &[u8]) {
         let ping = Envelope::request(
             Topic::new(sys::PING).expect("topic"),
@@ -276,26 +304,39 @@ impl Target {
         let ping = Bytes::from(self.codec.encode(&ping).expect("encode"));
         let (dealer, codec) = (&mut self.dealer, self.codec);
         let frame = Bytes::copy_from_slice(frame);
+        let node_codec = Codec::new(NODE_FRAME_LIMIT);
+        let mut batched = 0;
+        let batch = mlmesh::protocol::is_batch(&frame)
+            && node_codec
+                .decode_instructions(&frame, |_| None, |_| batched += 1)
+                .is_ok();
+        let want = if batch { batched } else { 1 };
         self.rt.block_on(async {
             for body in [frame, ping] {
                 let msg = ZmqMessage::try_from(vec![Bytes::new(), body]).expect("frames");
                 dealer.send(msg).await.expect("DEALER sends");
             }
             let (mut others, mut pinged) = (0, false);
-            while !(pinged && others >= 1) {
+            while !(pinged && others >= want) {
                 let reply = tokio::time::timeout(ANSWER_WITHIN, dealer.recv())
                     .await
                     .expect("the node answered every request within 3 s")
                     .expect("DEALER receives");
                 let body = reply.into_vec().pop().expect("a reply frame");
-                let env = codec.decode(&body).expect("every reply is an envelope");
-                match env.body {
-                    Body::Reply { re, .. } if re == sentinel => pinged = true,
-                    Body::Reply { .. } => others += 1,
-                    _ => panic!("the node answered with a {}", env.kind()),
+                assert!(
+                    batch || !mlmesh::protocol::is_batch(&body),
+                    "a reply batch answered a frame that was no request batch"
+                );
+                let envs = codec.decode_frame(&body).expect("every reply is an envelope");
+                for env in envs {
+                    match env.body {
+                        Body::Reply { re, .. } if re == sentinel => pinged = true,
+                        Body::Reply { .. } => others += 1,
+                        _ => panic!("the node answered with a {}", env.kind()),
+                    }
                 }
             }
-            assert_eq!(others, 1, "a request frame got {others} replies");
+            assert_eq!(others, want, "a request frame got {others} replies, not {want}");
         });
     }
 

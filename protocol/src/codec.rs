@@ -187,6 +187,42 @@ impl Codec {
         decode_one(frame, None)
     }
 
+    /// As [`decode_with`](Self::decode_with), for an instruction frame that may be a
+    /// batch (SPEC 5.3): each envelope, in order, is handed to `each` as it is decoded,
+    /// read by position when `resolve` knows its `type`. A batch is decoded whole or not
+    /// at all: on an error `each` may have had the envelopes before the bad one, and the
+    /// caller must discard them (the batch is rejected as one undecodable request).
+    pub fn decode_instructions(
+        &self,
+        frame: &Bytes,
+        mut resolve: impl FnMut(&[u8]) -> Option<Topic>,
+        mut each: impl FnMut(Envelope),
+    ) -> Result<(), DecodeError> {
+        if !is_batch(frame) {
+            each(self.decode_with(frame, resolve)?);
+            return Ok(());
+        }
+        self.check_size(frame)?;
+        let mut r = Reader::new(frame);
+        let count = r
+            .attempt(Reader::array_len)
+            .ok_or_else(|| malformed("the batch's array header is cut short"))?;
+        if count == 0 {
+            return Err(malformed("a batch holds at least one envelope (SPEC 5.3)"));
+        }
+        for _ in 0..count {
+            if let Some(env) = r.attempt(|r| wire::read_instruction(r, frame, &mut resolve)) {
+                each(env);
+                continue;
+            }
+            let mut fields = Fields::default();
+            fields.read(&mut r, 1)?;
+            each(fields.into_envelope(frame, None)?);
+        }
+        r.end()?;
+        Ok(())
+    }
+
     /// Decodes an event frame: one envelope, or a batch of envelopes (an array).
     pub fn decode_frame(&self, frame: &Bytes) -> Result<Vec<Envelope>, DecodeError> {
         let mut out = Vec::new();
@@ -382,6 +418,14 @@ impl BatchBuf {
         self.last = start;
         self.count += 1;
         Ok(size)
+    }
+
+    /// Appends an envelope already encoded (by [`Codec::encode`]) and returns its size.
+    pub fn push_encoded(&mut self, envelope: &[u8]) -> usize {
+        self.last = self.buf.len();
+        self.buf.extend_from_slice(envelope);
+        self.count += 1;
+        envelope.len()
     }
 
     /// Removes the envelope of the last [`push`](Self::push); only once after a push.

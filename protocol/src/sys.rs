@@ -108,6 +108,10 @@ pub struct Describe {
     /// Live peers the node knows (mesh introduction).
     #[serde(default)]
     pub peers: Vec<PeerRecord>,
+    /// Whether the node's rpc socket accepts request batches (SPEC 5.3); omitted when
+    /// `false`, so a node that does not batch describes itself as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 /// The answer to `sys.ping`.

@@ -33,6 +33,8 @@ const CHECKED: &[&str] = &[
     "reply_ok",
     "reply_error",
     "batch",
+    "request_batch",
+    "reply_batch",
     "heartbeat",
     "heartbeat_leaving",
     "describe",
@@ -268,6 +270,23 @@ fn batch() -> Vec<Envelope> {
         .collect()
 }
 
+/// The `tracking.run.end` request that `reply_error` answers.
+fn end_request() -> Envelope {
+    #[derive(Serialize)]
+    struct End {
+        run_id: &'static str,
+    }
+    Envelope {
+        version: PROTOCOL_VERSION,
+        id: MessageId(uuid::Uuid::from_u128(END_ID)),
+        topic: topic("tracking.run.end"),
+        source: NodeId(uuid::Uuid::from_u128(NODE_B)),
+        time: T0_NS + 2_000_000 + 1_000,
+        body: Body::Request { deadline_ms: 5000 },
+        data: payload(&End { run_id: "r0" }),
+    }
+}
+
 fn heartbeat(leaving: bool) -> Heartbeat {
     Heartbeat {
         interval_ms: 1000,
@@ -304,6 +323,7 @@ fn describe() -> Describe {
             name: "trainer".to_owned(),
             endpoints: endpoints("192.168.1.11"),
         }],
+        batch: true,
     }
 }
 
@@ -511,6 +531,54 @@ fn batch_frame_is_an_array_of_envelopes() {
 }
 
 #[test]
+fn request_and_reply_batches_are_arrays_of_envelopes() {
+    let codec = Codec::default();
+    for (name, envs) in [
+        ("request_batch", vec![request(), end_request()]),
+        ("reply_batch", vec![reply_ok(), reply_error()]),
+    ] {
+        let parts: Vec<Vec<u8>> = envs.iter().map(encode).collect();
+        let bytes = assert_vector(name, &encode_batch(parts.iter().map(|p| &p[..])));
+        assert!(is_batch(&bytes), "{name}");
+        // Read by the instruction path, with and without the topics known beforehand.
+        for known in [false, true] {
+            let mut got = Vec::new();
+            codec
+                .decode_instructions(
+                    &bytes,
+                    |t| {
+                        known
+                            .then(|| Topic::new(std::str::from_utf8(t).ok()?).ok())
+                            .flatten()
+                    },
+                    |env| got.push(env),
+                )
+                .expect(name);
+            assert_eq!(got, envs, "{name}");
+        }
+        let Value::Array(items) = read_one(&bytes) else {
+            panic!("a batch is an array");
+        };
+        assert_eq!(items.len(), envs.len());
+        let mut rest = &bytes[1..];
+        for (part, env) in parts.iter().zip(&envs) {
+            assert_eq!(&rest[..part.len()], &part[..]);
+            check_envelope_shape(part, env);
+            rest = &rest[part.len()..];
+        }
+        assert!(rest.is_empty());
+    }
+    // A batch of none, and one cut short, are rejected whole.
+    let mut got = 0;
+    for bad in [&b"\x90"[..], &b"\x92\x80"[..]] {
+        let bad = Bytes::copy_from_slice(bad);
+        assert!(codec
+            .decode_instructions(&bad, |_| None, |_| got += 1)
+            .is_err());
+    }
+}
+
+#[test]
 fn sys_payloads_encode_to_the_vectors_and_back() {
     for (name, hb) in [
         ("heartbeat", heartbeat(false)),
@@ -542,8 +610,22 @@ fn sys_payloads_encode_to_the_vectors_and_back() {
             "endpoints",
             "heartbeat_ms",
             "started_ms",
-            "peers"
+            "peers",
+            "batch"
         ]
+    );
+    assert_eq!(get(&v, "batch"), &Value::Boolean(true));
+    // Without batches the key is left out, and a describe without it reads as `false`.
+    let plain = Describe {
+        batch: false,
+        ..describe()
+    };
+    let plain_bytes = to_payload(&plain).expect("describe");
+    assert_eq!(plain_bytes.len(), bytes.len() - 7);
+    assert_eq!(plain_bytes[0], 0x8b);
+    assert_eq!(
+        from_payload::<Describe>(&plain_bytes).expect("describe"),
+        plain
     );
     assert!(is_bin16(get(&v, "id")));
     assert_eq!(keys(get(&v, "endpoints")), ["pub", "rpc"]);

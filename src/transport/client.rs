@@ -7,6 +7,11 @@
 //! or suspected dead (a request timed out with no reply on that connection since it was
 //! sent). Callers send on the connection's send half themselves (no task hop); while
 //! there is no connection, requests wait in a bounded queue the supervisor drains.
+//!
+//! To a provider that accepts batches (SPEC 5.3), a request made while others are in
+//! flight goes into a bounded outbox instead, which a batch task per client sends as
+//! one frame after the callers that are ready to run have added theirs; a request made
+//! alone still goes out at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +26,13 @@ use zeromq::{
     DealerSendHalf, DealerSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqError, ZmqMessage,
 };
 
-use mlmesh_protocol::{Body, Code, Codec, Envelope, MessageId, Status, Topic};
+mod id_hash;
+mod outbox;
+
+use id_hash::IdHash;
+use outbox::{send_batches, Outbox};
+
+use mlmesh_protocol::{is_batch, Body, Code, Codec, Envelope, MessageId, Status, Topic};
 
 /// Requests queued towards one endpoint while it is not connected.
 const QUEUE: usize = 1024;
@@ -39,7 +50,7 @@ struct Waiting {
     replies_before: u64,
 }
 
-type Pending = Mutex<HashMap<MessageId, Waiting>>;
+type Pending = Mutex<HashMap<MessageId, Waiting, IdHash>>;
 
 /// What a client and its supervisor task share.
 #[derive(Debug)]
@@ -60,7 +71,14 @@ struct Shared {
     epoch: Instant,
     armed_ms: AtomicU64,
     expire: Notify,
+    /// Requests that go out together as one batch (SPEC 5.3), taken by the client's
+    /// batch task when `outbox_ready` wakes it.
+    outbox: Mutex<Outbox>,
+    outbox_ready: Notify,
     cancel: CancellationToken,
+    /// Set when the client stops (closed, or its supervisor ended with the node): a
+    /// flag that calls read without the cancellation token's lock.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A DEALER send half (zmq.rs's has no `Debug`).
@@ -168,17 +186,21 @@ impl PeerClient {
             endpoint,
             codec,
             connect_timeout,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::with_hasher(IdHash)),
             connection: RwLock::new(None),
             replies: AtomicU64::new(0),
             rebuild: Notify::new(),
             epoch: Instant::now(),
             armed_ms: AtomicU64::new(u64::MAX),
             expire: Notify::new(),
+            outbox: Mutex::new(Outbox::new()),
+            outbox_ready: Notify::new(),
             cancel,
+            closed: false.into(),
         });
         tokio::spawn(supervise(shared.clone(), rx));
         tokio::spawn(expire(shared.clone()));
+        tokio::spawn(send_batches(shared.clone(), queue.clone()));
         Arc::new(Self {
             shared,
             queue,
@@ -190,11 +212,12 @@ impl PeerClient {
     /// [`Clients`], as a peer's liveness keeps one, must ask).
     pub(crate) fn serves(&self, endpoint: &str) -> bool {
         !self.taken.load(Ordering::Acquire)
-            && !self.shared.cancel.is_cancelled()
+            && !self.shared.closed.load(Ordering::Acquire)
             && self.shared.endpoint == endpoint
     }
 
     fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.cancel.cancel();
         fail_all(
             &self.shared.pending,
@@ -214,21 +237,24 @@ impl PeerClient {
     /// Sends one encoded request and waits for its reply until `deadline` (kept by the
     /// client's expiry task: the call has no timer of its own). `Ok` holds what the
     /// provider answered, its error status included; `Err`, a reply that did not come.
+    /// With `batch` (the provider accepts request batches), a request made while others
+    /// are in flight goes out in a batch with the requests made around it; a request
+    /// alone goes at once, as without.
     pub(crate) async fn call(
         &self,
         id: MessageId,
         frame: Vec<u8>,
         deadline: Instant,
+        batch: bool,
     ) -> Result<Answer, Status> {
         let shared = &self.shared;
         let (reply_tx, reply_rx) = oneshot::channel();
         let replies_before = shared.replies.load(Ordering::Relaxed);
         let deadline_ms = shared.ms_since_epoch(deadline, true);
-        shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
+        let others = {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let others = pending.len();
+            pending.insert(
                 id,
                 Waiting {
                     reply: reply_tx,
@@ -236,21 +262,26 @@ impl PeerClient {
                     replies_before,
                 },
             );
+            others
+        };
         let _cleanup = RemoveOnDrop(&shared.pending, id);
         // The expiry task wakes for the earliest deadline; it is told only when this one
         // is earlier (the first call after a quiet time, or a shorter deadline).
         if shared.armed_ms.fetch_min(deadline_ms, Ordering::AcqRel) > deadline_ms {
             shared.expire.notify_one();
         }
-        let mut msg = ZmqMessage::from(Bytes::new());
-        msg.push_back(Bytes::from(frame));
-        let deadline = tokio::time::Instant::from_std(deadline);
-        if let Some(msg) = self.send_now(msg)? {
-            // No connection, or its queue is full: wait for one or for room. Rare, and
-            // boxed, so that the usual call's future stays small.
-            match Box::pin(tokio::time::timeout_at(deadline, self.send(msg))).await {
-                Ok(sent) => sent?,
-                Err(_) => return Err(self.timed_out(replies_before)),
+        if !(batch && others > 0 && shared.enqueue(id, &frame)) {
+            let mut msg = ZmqMessage::from(Bytes::new());
+            msg.push_back(Bytes::from(frame));
+            if let Some(msg) = send_now(shared, msg)? {
+                // No connection, or its queue is full: wait for one or for room. Rare,
+                // and boxed, so that the usual call's future stays small.
+                let deadline = tokio::time::Instant::from_std(deadline);
+                let sending = send(shared, &self.queue, msg);
+                match Box::pin(tokio::time::timeout_at(deadline, sending)).await {
+                    Ok(sent) => sent?,
+                    Err(_) => return Err(self.timed_out(replies_before)),
+                }
             }
         }
         // No timer of its own: the expiry task answers it at the deadline.
@@ -260,48 +291,47 @@ impl PeerClient {
     fn timed_out(&self, replies_before: u64) -> Status {
         self.shared.timed_out(replies_before)
     }
+}
 
-    /// Queues `msg` on the live connection if that needs no wait (the usual case: no
-    /// future, no task hop); hands it back when there is no connection or no room.
-    fn send_now(&self, msg: ZmqMessage) -> Result<Option<ZmqMessage>, Status> {
-        let connection = self
-            .shared
-            .connection
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(DealerSendHalfDebug(half)) = connection.as_ref() else {
-            return Ok(Some(msg));
-        };
-        half.try_send(msg).map_err(|e| {
-            tracing::debug!(endpoint = %self.shared.endpoint, error = %e, "send failed");
-            self.shared.rebuild.notify_one();
-            not_sent()
-        })
-    }
+/// Queues `msg` on the live connection if that needs no wait (the usual case: no future,
+/// no task hop); hands it back when there is no connection or no room.
+fn send_now(shared: &Shared, msg: ZmqMessage) -> Result<Option<ZmqMessage>, Status> {
+    let connection = shared.connection.read().unwrap_or_else(|e| e.into_inner());
+    let Some(DealerSendHalfDebug(half)) = connection.as_ref() else {
+        return Ok(Some(msg));
+    };
+    half.try_send(msg).map_err(|e| {
+        tracing::debug!(endpoint = %shared.endpoint, error = %e, "send failed");
+        shared.rebuild.notify_one();
+        not_sent()
+    })
+}
 
-    /// On the live connection if there is one, else through the supervisor's queue.
-    async fn send(&self, msg: ZmqMessage) -> Result<(), Status> {
-        let connection = self
-            .shared
-            .connection
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let msg = match connection {
-            Some(DealerSendHalfDebug(mut half)) => match half.send(msg).await {
-                Ok(()) => return Ok(()),
-                // The connection went away under us: the message is handed back.
-                Err(ZmqError::ReturnToSender { message, .. }) => message,
-                Err(e) => {
-                    tracing::debug!(endpoint = %self.shared.endpoint, error = %e, "send failed");
-                    self.shared.rebuild.notify_one();
-                    return Err(not_sent());
-                }
-            },
-            None => msg,
-        };
-        self.queue.send(msg).await.map_err(|_| not_sent())
-    }
+/// On the live connection if there is one, else through the supervisor's queue.
+async fn send(
+    shared: &Shared,
+    queue: &mpsc::Sender<ZmqMessage>,
+    msg: ZmqMessage,
+) -> Result<(), Status> {
+    let connection = shared
+        .connection
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let msg = match connection {
+        Some(DealerSendHalfDebug(mut half)) => match half.send(msg).await {
+            Ok(()) => return Ok(()),
+            // The connection went away under us: the message is handed back.
+            Err(ZmqError::ReturnToSender { message, .. }) => message,
+            Err(e) => {
+                tracing::debug!(endpoint = %shared.endpoint, error = %e, "send failed");
+                shared.rebuild.notify_one();
+                return Err(not_sent());
+            }
+        },
+        None => msg,
+    };
+    queue.send(msg).await.map_err(|_| not_sent())
 }
 
 impl Shared {
@@ -376,6 +406,15 @@ fn fail_all(pending: &Pending, why: &str) {
 
 /// Connects, reads replies, and rebuilds the connection when it fails.
 async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
+    /// Marks the client closed however the supervisor ends (the node's cancellation
+    /// included, which cancels the client's token without [`PeerClient::close`]).
+    struct Closed<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Closed<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let _closed = Closed(&shared.closed);
     let endpoint = shared.endpoint.as_str();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -495,9 +534,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Hands a reply to the caller waiting for it; strays (late or unknown) are dropped.
-/// `topic` is the topic of the last reply: a reply of the same topic (the usual case)
-/// is read by position, sharing it.
+/// Hands each reply of a message (one, or a batch: SPEC 5.3) to the caller waiting for
+/// it; strays (late or unknown) are dropped. `topic` is the topic of the last reply: a
+/// reply of the same topic (the usual case) is read by position, sharing it.
 fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option<Topic>) {
     let frames = msg.into_vec();
     let Some(body) = frames.last() else { return };
@@ -507,13 +546,43 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
             .filter(|t| t.as_str().as_bytes() == name)
             .cloned()
     };
-    let env = match codec.decode_with(body, resolve) {
-        Ok(env) => env,
-        Err(e) => {
-            tracing::debug!(error = %e, "undecodable reply dropped");
-            return;
+    if !is_batch(body) {
+        match codec.decode_with(body, resolve) {
+            Ok(env) => {
+                let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((w, answer)) = answer(&mut waiting, env, topic) {
+                    drop(waiting);
+                    let _ = w.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "undecodable reply dropped"),
         }
+        return;
+    }
+    let mut replies = Vec::new();
+    if let Err(e) = codec.decode_instructions(body, resolve, |env| replies.push(env)) {
+        tracing::debug!(error = %e, "undecodable reply batch dropped");
+        return;
+    }
+    // One lock for the batch; the callers are woken after it is released.
+    let answers: Vec<_> = {
+        let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
+        replies
+            .into_iter()
+            .filter_map(|env| answer(&mut waiting, env, topic))
+            .collect()
     };
+    for (w, answer) in answers {
+        let _ = w.reply.send(Ok(answer));
+    }
+}
+
+/// The waiting call a reply answers (taken out of `pending`), and its answer.
+fn answer(
+    pending: &mut HashMap<MessageId, Waiting, IdHash>,
+    env: Envelope,
+    topic: &mut Option<Topic>,
+) -> Option<(Waiting, Answer)> {
     let Envelope {
         topic: reply_topic,
         body: Body::Reply { re, status },
@@ -521,21 +590,16 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
         ..
     } = env
     else {
-        return;
+        return None;
     };
     if topic.as_ref() != Some(&reply_topic) {
         *topic = Some(reply_topic);
     }
-    let waiter = pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&re);
-    if let Some(w) = waiter {
-        let answer = if status.is_ok() {
-            Ok(data)
-        } else {
-            Err(status)
-        };
-        let _ = w.reply.send(Ok(answer));
-    }
+    let w = pending.remove(&re)?;
+    let answer = if status.is_ok() {
+        Ok(data)
+    } else {
+        Err(status)
+    };
+    Some((w, answer))
 }

@@ -3,7 +3,8 @@
 //! A request arrives as `[identity][empty][envelope]` (REQ, or a DEALER that sends
 //! the delimiter). The reply goes back with the same routing frames. Every request
 //! frame gets exactly one reply, even one that cannot be decoded, so that a plain REQ
-//! socket never gets stuck waiting.
+//! socket never gets stuck waiting. A request batch (SPEC 5.3) gets one reply per
+//! envelope, those that are ready at once sent back together as reply batches.
 
 use std::net::Ipv4Addr;
 use std::panic::AssertUnwindSafe;
@@ -20,7 +21,7 @@ use zeromq::{
     RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage,
 };
 
-use mlmesh_protocol::{Body, Code, Envelope, Kind, MessageId, Status, Topic};
+use mlmesh_protocol::{BatchBuf, Body, Code, Envelope, Kind, MessageId, Status, Topic};
 
 use crate::handler::{Ctx, ErasedHandler, Reply};
 use crate::node::{bump, BuildError, Inner, NodeHandle};
@@ -63,7 +64,8 @@ async fn receive(inner: Arc<Inner>, send: RouterSendHalf, mut recv: RouterRecvHa
     }
 }
 
-/// Decodes one request and runs its handler, or answers at once.
+/// Decodes one request message (one envelope, or a batch of them: SPEC 5.3) and runs
+/// the handlers, or answers at once.
 fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
     let mut frames = msg.into_vec();
     // [identity, (routing...,) empty, envelope]: the last frame is the envelope; all
@@ -73,56 +75,206 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
         return;
     }
     let route = frames;
+    if mlmesh_protocol::is_batch(&body) {
+        return accept_batch(inner, send, route, &body);
+    }
     // A request for a served topic is read by position, its topic and handler found with
     // one lookup by the frame's bytes (no topic validated or allocated per request).
     let mut served = None;
     let resolve = |name: &[u8]| {
-        let name = std::str::from_utf8(name).ok()?;
-        let (topic, handler) = inner.handlers.get_key_value(name)?;
-        served = Some(handler.clone());
-        Some(topic.clone())
+        let (topic, handler) = lookup(inner, name)?;
+        served = Some(handler);
+        Some(topic)
     };
     let request = match inner.codec.decode_with(&body, resolve) {
-        Ok(env) if env.kind() == Kind::Request => env,
-        Ok(env) => {
-            bump(&inner.counters.frames_rejected, 1);
-            let status = Status::error(
-                Code::InvalidArgument,
-                format!(
-                    "a {} envelope was sent to the instruction socket",
-                    env.kind()
-                ),
-            )
-            .with_field("kind");
-            return reply_raw(inner, send, route, env.id, &env.topic, status, Bytes::new());
+        Ok(env) => env,
+        Err(e) => return reject(inner, send, route, &body, e),
+    };
+    touch(inner, &request.source);
+    if let Some(answer) = serve(inner, send, &route, request, served) {
+        let time = mlmesh_protocol::now_nanos();
+        if let Some(msg) = encode_reply(inner, route, answer, time) {
+            send_reply(send, msg);
         }
-        Err(e) => {
-            bump(&inner.counters.frames_rejected, 1);
-            tracing::debug!(error = %e, "undecodable request");
-            let id = mlmesh_protocol::Codec::peek_id(&body).unwrap_or_else(MessageId::nil);
-            return reply_raw(
+    }
+}
+
+/// The topic and handler served under `name`, if any.
+fn lookup(inner: &Inner, name: &[u8]) -> Option<(Topic, Arc<dyn ErasedHandler>)> {
+    let name = std::str::from_utf8(name).ok()?;
+    let (topic, handler) = inner.handlers.get_key_value(name)?;
+    Some((topic.clone(), handler.clone()))
+}
+
+/// A request frame that does not decode: one error reply (SPEC 5.3).
+fn reject(
+    inner: &Inner,
+    send: &RouterSendHalf,
+    route: Vec<Bytes>,
+    body: &[u8],
+    e: mlmesh_protocol::DecodeError,
+) {
+    bump(&inner.counters.frames_rejected, 1);
+    tracing::debug!(error = %e, "undecodable request");
+    let id = mlmesh_protocol::Codec::peek_id(body).unwrap_or_else(MessageId::nil);
+    let answer = Answer {
+        re: id,
+        topic: SYS_ERROR.clone(),
+        status: e.to_status(),
+        data: Bytes::new(),
+    };
+    if let Some(msg) = encode_reply(inner, route, answer, mlmesh_protocol::now_nanos()) {
+        send_reply(send, msg);
+    }
+}
+
+/// Traffic from a peer is a sign of life.
+fn touch(inner: &Inner, source: &mlmesh_protocol::NodeId) {
+    if let Some(peer) = inner.peers().get(source) {
+        peer.live.touch();
+    }
+}
+
+/// Largest reply batch, in bytes of envelopes: a batch is sent when it reaches this, so
+/// that one request batch does not make one huge reply frame.
+const REPLY_BATCH_BYTES: usize = 64 * 1024;
+
+/// A request batch (SPEC 5.3): decoded whole (or rejected as one undecodable request),
+/// then each request served in order; the replies that are ready at once go back
+/// together in reply batches, those of handlers that wait each in a message of its own.
+fn accept_batch(inner: &Arc<Inner>, send: &RouterSendHalf, route: Vec<Bytes>, body: &Bytes) {
+    let served = std::cell::Cell::new(None);
+    let mut requests = Vec::new();
+    let decoded = inner.codec.decode_instructions(
+        body,
+        |name| {
+            let (topic, handler) = lookup(inner, name)?;
+            served.set(Some(handler));
+            Some(topic)
+        },
+        |env| requests.push((env, served.take())),
+    );
+    if let Err(e) = decoded {
+        return reject(inner, send, route, body, e);
+    }
+    let mut last_source = None;
+    let time = mlmesh_protocol::now_nanos();
+    let new_batch = || BatchBuf::with_capacity(REPLY_BATCH_BYTES.min(inner.codec.max_size()));
+    let mut batch = new_batch();
+    for (request, handler) in requests {
+        if last_source != Some(request.source) {
+            last_source = Some(request.source);
+            touch(inner, &request.source);
+        }
+        let Some(answer) = serve(inner, send, &route, request, handler) else {
+            continue;
+        };
+        let env = reply_envelope(inner, answer, time);
+        if !push_reply(inner, &mut batch, &env) {
+            // Not with the others: they go now, and this one starts the next batch.
+            send_batch(
                 inner,
                 send,
-                route,
-                id,
-                &SYS_ERROR,
-                e.to_status(),
-                Bytes::new(),
+                &route,
+                std::mem::replace(&mut batch, new_batch()),
+            );
+            push_reply(inner, &mut batch, &env);
+        }
+        if batch.len() >= REPLY_BATCH_BYTES {
+            send_batch(
+                inner,
+                send,
+                &route,
+                std::mem::replace(&mut batch, new_batch()),
             );
         }
+    }
+    send_batch(inner, send, &route, batch);
+}
+
+/// Adds a reply to `batch` if the batch stays within the frame limit (SPEC 11, the
+/// array header counted); `false` leaves the batch as it was. A reply over the limit
+/// even alone goes as an error reply saying so, as [`encode_reply`] does.
+fn push_reply(inner: &Inner, batch: &mut BatchBuf, env: &Envelope) -> bool {
+    let pushed = match batch.push(&inner.codec, env) {
+        Ok(_) => true,
+        Err(e) => {
+            let mut small = env.clone();
+            small.data = Bytes::new();
+            if let Body::Reply { status, .. } = &mut small.body {
+                *status = e.to_status();
+            }
+            batch.push(&inner.codec, &small).is_ok()
+        }
     };
-    if let Some(peer) = inner.peers().get(&request.source) {
-        peer.live.touch();
+    if pushed && batch.count() > 1 && batch.len() + 5 > inner.codec.max_size() {
+        batch.undo();
+        return false;
+    }
+    pushed
+}
+
+/// Sends the replies of `batch` (if any) behind a copy of `route`.
+fn send_batch(inner: &Inner, send: &RouterSendHalf, route: &[Bytes], batch: BatchBuf) {
+    if batch.is_empty() {
+        return;
+    }
+    bump(&inner.counters.requests_served, batch.count() as u64);
+    let mut frames = Vec::with_capacity(route.len() + 1);
+    frames.extend_from_slice(route);
+    frames.push(batch.finish());
+    if let Ok(msg) = ZmqMessage::try_from(frames) {
+        send_reply(send, msg);
+    }
+}
+
+/// What a reply says: to which request, on which topic, and the outcome.
+struct Answer {
+    re: MessageId,
+    topic: Topic,
+    status: Status,
+    data: Bytes,
+}
+
+/// Serves one decoded request: the answer if it is ready at once (an error, or a handler
+/// that finished where it was polled), or `None` when a handler task took it (and will
+/// reply itself, behind a copy of `route`).
+fn serve(
+    inner: &Arc<Inner>,
+    send: &RouterSendHalf,
+    route: &[Bytes],
+    request: Envelope,
+    served: Option<Arc<dyn ErasedHandler>>,
+) -> Option<Answer> {
+    let error = |request: &Envelope, status: Status| {
+        Some(Answer {
+            re: request.id,
+            topic: request.topic.clone(),
+            status,
+            data: Bytes::new(),
+        })
+    };
+    if request.kind() != Kind::Request {
+        bump(&inner.counters.frames_rejected, 1);
+        let status = Status::error(
+            Code::InvalidArgument,
+            format!(
+                "a {} envelope was sent to the instruction socket",
+                request.kind()
+            ),
+        )
+        .with_field("kind");
+        return error(&request, status);
     }
     let received = Instant::now();
     let Body::Request { deadline_ms } = request.body else {
-        return;
+        return None;
     };
     let deadline = received + Duration::from_millis(deadline_ms.into());
 
     if inner.closing.load(Ordering::Relaxed) {
         let status = Status::error(Code::Unavailable, "the node is shutting down");
-        return reply(inner, send, route, &request, status, Bytes::new());
+        return error(&request, status);
     }
     if deadline_ms == 0 {
         let status = Status::error(
@@ -130,16 +282,21 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
             "the request's deadline is 0: already passed",
         )
         .with_field("deadline");
-        return reply(inner, send, route, &request, status, Bytes::new());
+        return error(&request, status);
     }
     if let Err(e) = mlmesh_protocol::check_payload(&request.data) {
         bump(&inner.counters.frames_rejected, 1);
-        return reply(inner, send, route, &request, e.to_status(), Bytes::new());
+        return error(&request, e.to_status());
     }
     if served.is_none() {
         if let Some(result) = inner.sys_reply(&request.topic, &request.data) {
             let (status, data) = split(result);
-            return reply(inner, send, route, &request, status, data);
+            return Some(Answer {
+                re: request.id,
+                topic: request.topic,
+                status,
+                data,
+            });
         }
     }
     let Some(handler) = served.or_else(|| inner.local_handler(&request.topic)) else {
@@ -151,7 +308,7 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
             ),
         )
         .with_field("type");
-        return reply(inner, send, route, &request, status, Bytes::new());
+        return error(&request, status);
     };
     if !inner.serving.try_take() {
         bump(&inner.counters.requests_refused, 1);
@@ -162,7 +319,7 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
                 inner.config.node.name, inner.config.limits.max_concurrent_requests
             ),
         );
-        return reply(inner, send, route, &request, status, Bytes::new());
+        return error(&request, status);
     }
     // No check for a deadline passed while waiting: the work starts as the request
     // arrives (polled at once, and a zero deadline was refused above).
@@ -195,6 +352,7 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
         Ok(Err(work)) => {
             let slot = Slot(inner.clone());
             let send = send.clone();
+            let route = route.to_vec();
             inner.handler_tasks.spawn(async move {
                 let inner = &slot.0;
                 let result = match AssertUnwindSafe(work).catch_unwind().await {
@@ -202,19 +360,31 @@ fn accept(inner: &Arc<Inner>, send: &RouterSendHalf, msg: ZmqMessage) {
                     Err(panic) => Err(panicked(inner, panic)),
                 };
                 let (status, data) = split(result);
-                if let Some(msg) = encode_reply(inner, route, id, &topic, status, data) {
+                let answer = Answer {
+                    re: id,
+                    topic,
+                    status,
+                    data,
+                };
+                let time = mlmesh_protocol::now_nanos();
+                if let Some(msg) = encode_reply(inner, route, answer, time) {
                     if let Err(e) = send.clone().send(msg).await {
                         tracing::debug!(error = %e, "reply not delivered (client gone)");
                     }
                 }
             });
-            return;
+            return None;
         }
         Err(panic) => Err(panicked(inner, panic)),
     };
     inner.serving.give_back();
     let (status, data) = split(result);
-    reply_raw(inner, send, route, id, &topic, status, data);
+    Some(Answer {
+        re: id,
+        topic,
+        status,
+        data,
+    })
 }
 
 /// The bound on handlers executing at once: a count, so that the usual request (one
@@ -293,33 +463,11 @@ fn split(result: Reply) -> (Status, Bytes) {
     }
 }
 
-fn reply(
-    inner: &Inner,
-    send: &RouterSendHalf,
-    route: Vec<Bytes>,
-    request: &Envelope,
-    status: Status,
-    data: Bytes,
-) {
-    reply_raw(inner, send, route, request.id, &request.topic, status, data);
-}
-
-fn reply_raw(
-    inner: &Inner,
-    send: &RouterSendHalf,
-    route: Vec<Bytes>,
-    re: MessageId,
-    topic: &Topic,
-    status: Status,
-    data: Bytes,
-) {
-    let Some(msg) = encode_reply(inner, route, re, topic, status, data) else {
-        return;
-    };
-    // Queued at once when the ROUTER has this one client and room for it (no future).
-    // Otherwise (several clients: zmq.rs's map of peers is only reached by an async
-    // lookup) the send is polled once here, and given a task only if it has to wait, so
-    // that one slow client cannot stall the receive loop (its queue is bounded).
+/// Queues a reply message. At once when the ROUTER has this one client and room for it
+/// (no future). Otherwise (several clients: zmq.rs's map of peers is only reached by an
+/// async lookup) the send is polled once here, and given a task only if it has to wait,
+/// so that one slow client cannot stall the receive loop (its queue is bounded).
+fn send_reply(send: &RouterSendHalf, msg: ZmqMessage) {
     let msg = match send.try_send(msg) {
         Ok(None) => return,
         Ok(Some(msg)) => msg,
@@ -341,34 +489,41 @@ fn reply_raw(
     }
 }
 
-/// The reply message: the routing frames, then the reply envelope.
-fn encode_reply(
-    inner: &Inner,
-    mut route: Vec<Bytes>,
-    re: MessageId,
-    topic: &Topic,
-    status: Status,
-    data: Bytes,
-) -> Option<ZmqMessage> {
-    let time = mlmesh_protocol::now_nanos();
-    let mut env = Envelope {
+/// The reply envelope of `answer`, sent at `time`.
+fn reply_envelope(inner: &Inner, answer: Answer, time: u64) -> Envelope {
+    let Answer {
+        re,
+        topic,
+        status,
+        data,
+    } = answer;
+    Envelope {
         version: mlmesh_protocol::PROTOCOL_VERSION,
         id: MessageId::at(time),
-        topic: topic.clone(),
+        topic,
         source: inner.id,
         time,
         body: Body::Reply { re, status },
         data,
-    };
+    }
+}
+
+/// The reply message: the routing frames, then the reply envelope.
+fn encode_reply(
+    inner: &Inner,
+    mut route: Vec<Bytes>,
+    answer: Answer,
+    time: u64,
+) -> Option<ZmqMessage> {
+    let mut env = reply_envelope(inner, answer, time);
     let frame = match inner.codec.encode(&env) {
         Ok(f) => f,
         Err(e) => {
             // The handler's reply is over the limit: say so instead.
             env.data = Bytes::new();
-            env.body = Body::Reply {
-                re,
-                status: e.to_status(),
-            };
+            if let Body::Reply { status, .. } = &mut env.body {
+                *status = e.to_status();
+            }
             inner.codec.encode(&env).ok()?
         }
     };

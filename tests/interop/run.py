@@ -316,9 +316,21 @@ def scenario_vectors(spec_path):
                         },
                     }
                 ],
+                "batch": True,
             }
         ),
     }
+    # SPEC 5.3: a request batch and the reply batch answering it.
+    end_request = m.encode_request(
+        B,
+        "tracking.run.end",
+        5000,
+        m.pack({"run_id": "r0"}),
+        u("018fd118-9403-7000-8000-000000000004"),
+        T0 + 2_001_000,
+    )
+    expected["request_batch"] = b"\x92" + expected["request"] + end_request
+    expected["reply_batch"] = b"\x92" + expected["reply_ok"] + expected["reply_error"]
     batch_parts = [
         m.encode_event(
             A,
@@ -382,7 +394,9 @@ def scenario_vectors(spec_path):
     d = m.unpack(vectors["describe"]["bytes"])
     check(
         "describe",
-        d["peers"][0]["id"] == B and d["serves"][0]["topic"] == "tracking.run.start",
+        d["peers"][0]["id"] == B
+        and d["serves"][0]["topic"] == "tracking.run.start"
+        and d["batch"] is True,
         "fields",
     )
     for name in ("event", "request", "reply_ok", "reply_error"):
