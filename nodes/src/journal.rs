@@ -1031,6 +1031,22 @@ mod tests {
         })
     }
 
+    /// A store whose SQLite has values 1 and 2, applied up to entry 2.
+    fn applied_up_to_2(dir: &Path) {
+        store(dir).with_writer(|c| {
+            c.execute_batch(STATE).unwrap();
+            c.execute_batch("INSERT INTO t(v) VALUES (1), (2); UPDATE journal SET applied = 2")
+                .unwrap();
+        });
+    }
+
+    /// A key with a new UUIDv7 id, as the runtime's requests have.
+    fn fresh_key() -> Key {
+        let mut k = [0u8; 32];
+        k[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
+        k
+    }
+
     fn entry(seq: u64, v: i64, key: Option<&Key>) -> Vec<u8> {
         let mut buf = Vec::new();
         let reply = key.map(|_| v.to_string().into_bytes());
@@ -1043,14 +1059,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // SQLite has entries up to 2; the journal holds 1..=5 over two files, the
         // second ending in half an entry (a crash in the middle of an append).
-        {
-            let s = store(dir.path());
-            s.with_writer(|c| {
-                c.execute_batch(STATE).unwrap();
-                c.execute_batch("INSERT INTO t(v) VALUES (1), (2); UPDATE journal SET applied = 2")
-                    .unwrap();
-            });
-        }
+        applied_up_to_2(dir.path());
         let mut first = entry(1, 1, None);
         first.extend(entry(2, 2, None));
         first.extend(entry(3, 3, None));
@@ -1130,14 +1139,7 @@ mod tests {
     #[test]
     fn entries_past_a_gap_are_kept_aside_not_applied() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let s = store(dir.path());
-            s.with_writer(|c| {
-                c.execute_batch(STATE).unwrap();
-                c.execute_batch("INSERT INTO t(v) VALUES (1), (2); UPDATE journal SET applied = 2")
-                    .unwrap();
-            });
-        }
+        applied_up_to_2(dir.path());
         // Entries 3 and 4 are lost (their file deleted after a commit that a power loss
         // undid); 5 and 6 survive in the next file.
         let mut bytes = entry(5, 5, None);
@@ -1197,19 +1199,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
-        let key = |i: usize| {
-            let mut k = [0u8; 32];
-            k[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
-            k[16..24].copy_from_slice(&(i as u64).to_le_bytes());
-            k
-        };
-        let first = key(0);
+        let first = fresh_key();
         journal
             .append(Put(0), Some(first), &Bytes::from("first"), 1, |_, _| {})
             .unwrap();
         journal.progress().caught_up().await.unwrap();
         for i in 1..RECENT_KEYS + 10 {
-            let k = key(i);
+            let k = fresh_key();
             assert_eq!(journal.seen(&k).unwrap(), None);
             journal
                 .append(Put(i as i64), Some(k), &Bytes::new(), 1, |_, _| {})
@@ -1230,13 +1226,8 @@ mod tests {
             .append(Put(0), Some(far), &Bytes::from("far"), 1, |_, _| {})
             .unwrap();
         journal.progress().caught_up().await.unwrap();
-        let fresh = || {
-            let mut k = [0u8; 32];
-            k[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
-            k
-        };
         for i in 1..RECENT_KEYS + 10 {
-            let k = fresh();
+            let k = fresh_key();
             journal
                 .append(Put(i as i64), Some(k), &Bytes::new(), 1, |_, _| {})
                 .unwrap();
@@ -1246,13 +1237,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         let floor_now = |j: &Journal<Put>| lock(&j.shared.log).floor;
         assert!(!lock(&journal.shared.log).keys.contains_key(&far));
-        assert!(time_field(&fresh()) > floor_now(&journal));
+        assert!(time_field(&fresh_key()) > floor_now(&journal));
         assert_eq!(journal.seen(&far).unwrap().unwrap().0, "far", "still found");
         drop(journal);
         let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(
-            time_field(&fresh()) > floor_now(&journal),
+            time_field(&fresh_key()) > floor_now(&journal),
             "after a restart too"
         );
         assert_eq!(journal.seen(&far).unwrap().unwrap().0, "far");
@@ -1266,8 +1257,7 @@ mod tests {
         // A key whose id is not a UUIDv7 (time field 0) and one that is.
         let mut low: Key = [0; 32];
         low[31] = 1;
-        let mut v7 = [0u8; 32];
-        v7[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
+        let v7 = fresh_key();
         for (v, key) in [(1, low), (2, v7)] {
             assert_eq!(journal.seen(&key).unwrap(), None);
             let reply = Bytes::from(format!("reply {v}"));
@@ -1292,9 +1282,7 @@ mod tests {
         let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
         assert_eq!(journal.seen(&low).unwrap().unwrap().0, "reply 1");
         assert_eq!(journal.seen(&v7).unwrap().unwrap().0, "reply 2");
-        let mut new = [0u8; 32];
-        new[..16].copy_from_slice(mlmesh::protocol::MessageId::new().as_bytes());
-        assert_eq!(journal.seen(&new).unwrap(), None);
+        assert_eq!(journal.seen(&fresh_key()).unwrap(), None);
         assert_eq!(values(&s), [1, 2]);
     }
 }

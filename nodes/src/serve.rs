@@ -43,6 +43,19 @@ pub(crate) struct Meta {
     pub(crate) now_ms: u64,
 }
 
+impl Meta {
+    /// What a write knows of the instruction `ctx` serves, and the instruction's
+    /// idempotency key.
+    pub(crate) fn of(ctx: &Ctx) -> (Self, store::Key) {
+        let meta = Self {
+            source: ctx.source(),
+            node: ctx.node().id(),
+            now_ms: now_ms(),
+        };
+        (meta, store::key(ctx.request_id(), ctx.source()))
+    }
+}
+
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, Status> {
     to_payload(value)
         .map(Bytes::from)
@@ -88,12 +101,7 @@ where
         let store = store.clone();
         async move {
             let req: T = from_payload(&data).map_err(|e| e.to_status())?;
-            let meta = Meta {
-                source: ctx.source(),
-                node: ctx.node().id(),
-                now_ms: now_ms(),
-            };
-            let key = store::key(ctx.request_id(), ctx.source());
+            let (meta, key) = Meta::of(&ctx);
             let done = store
                 .write(Some(key), Box::new(move |c| op(c, req, meta)))
                 .await?;

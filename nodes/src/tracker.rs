@@ -187,12 +187,7 @@ where
         let core = core.clone();
         async move {
             let req: T = from_payload(&data).map_err(|e| e.to_status())?;
-            let meta = Meta {
-                source: ctx.source(),
-                node: ctx.node().id(),
-                now_ms: now_ms(),
-            };
-            let key = store::key(ctx.request_id(), ctx.source());
+            let (meta, key) = Meta::of(&ctx);
             core.journal.progress().room().await?;
             let (done, seq) =
                 core.decide(Some(key), meta, |hot| op(hot, req, &core.settings, meta))?;
