@@ -45,6 +45,16 @@ async fn exchange(dealer: &mut DealerSocket, body: Vec<u8>, n: usize) -> (Vec<En
     (replies, batched)
 }
 
+/// A raw DEALER connected to `node`'s instruction socket.
+async fn dealer_to(node: &mlmesh::NodeHandle) -> DealerSocket {
+    let mut dealer = DealerSocket::new();
+    dealer
+        .connect(&node.endpoints().rpc)
+        .await
+        .expect("DEALER connects");
+    dealer
+}
+
 fn reply_parts(env: &Envelope) -> (MessageId, &Status) {
     let Body::Reply { re, status } = &env.body else {
         panic!("answered with a {} envelope", env.kind());
@@ -61,11 +71,7 @@ async fn a_request_batch_gets_one_reply_per_envelope() {
         .await
         .expect("node starts");
     assert!(node.describe().batch, "a node advertises request batches");
-    let mut dealer = DealerSocket::new();
-    dealer
-        .connect(&node.endpoints().rpc)
-        .await
-        .expect("DEALER connects");
+    let mut dealer = dealer_to(&node).await;
 
     let codec = Codec::default();
     let me = NodeId::new();
@@ -124,11 +130,7 @@ async fn a_batch_that_does_not_decode_gets_one_error_reply_and_serves_none() {
         .spawn()
         .await
         .expect("node starts");
-    let mut dealer = DealerSocket::new();
-    dealer
-        .connect(&node.endpoints().rpc)
-        .await
-        .expect("DEALER connects");
+    let mut dealer = dealer_to(&node).await;
     let codec = Codec::default();
     let good = |n: u8| {
         let env = Envelope::request(
