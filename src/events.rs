@@ -247,6 +247,17 @@ impl Subscriptions {
         self.prefixes.subscribe()
     }
 
+    /// Whether a subscription of this node matches `topic`.
+    pub(crate) fn wants(&self, topic: &Topic) -> bool {
+        self.count.load(Ordering::Relaxed) > 0
+            && self
+                .entries
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|e| !e.is_gone() && e.pattern.matches(topic))
+    }
+
     /// Delivers one event to every matching subscription (a copy each: this node's own
     /// events, which the publisher keeps).
     pub(crate) fn dispatch_one(&self, envelope: &Envelope) {

@@ -349,6 +349,25 @@ impl Inner {
         }
     }
 
+    /// As [`Inner::enqueue_event`], with a payload built only if the event would reach
+    /// someone: a peer subscribed to its topic (the PUB filters by subscription, SPEC
+    /// 5.2) or a subscription of this node's own. An event nobody would get takes its
+    /// seq, as a dropped event does (SPEC 8.1), and costs no encoding.
+    pub(crate) async fn enqueue_event_with(
+        &self,
+        topic: Topic,
+        build: impl FnOnce() -> Result<Vec<u8>, EncodeError>,
+    ) -> Result<(), PublishError> {
+        if self.pub_state.wants(topic.as_str().as_bytes()) || self.subs.wants(&topic) {
+            return self.enqueue_event(topic, Bytes::from(build()?)).await;
+        }
+        tokio::task::consume_budget().await;
+        self.outbox.next_seq(&topic);
+        bump(&self.counters.events_unsubscribed, 1);
+        bump(&self.counters.events_published, 1);
+        Ok(())
+    }
+
     /// Sends one event through the publish queue, applying the overflow policy.
     pub(crate) async fn enqueue_event(
         &self,
@@ -774,14 +793,32 @@ impl NodeHandle {
         self.inner.describe()
     }
 
-    /// Publishes an event to every subscriber in the mesh (and this node's own).
+    /// Publishes an event to every subscriber in the mesh (and this node's own). The
+    /// payload is encoded only if the event would reach someone now (see
+    /// [`NodeHandle::publish_with`]).
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         topic: impl IntoTopic,
         payload: &T,
     ) -> Result<(), PublishError> {
-        let data = to_payload(payload)?;
-        self.publish_raw(topic, Bytes::from(data)).await
+        self.publish_with(topic, || to_payload(payload)).await
+    }
+
+    /// Publishes an event whose MessagePack payload `encode` builds only if the event
+    /// would reach someone now: a peer subscribed to its topic, or a subscription of this
+    /// node's own. An event nobody would get costs no encoding (so neither are its size
+    /// or encoding checked); it takes its `seq` all the same, as a dropped event does
+    /// (SPEC 8.1), and is counted in `events_unsubscribed`.
+    pub async fn publish_with(
+        &self,
+        topic: impl IntoTopic,
+        encode: impl FnOnce() -> Result<Vec<u8>, EncodeError>,
+    ) -> Result<(), PublishError> {
+        let topic = topic.into_topic()?;
+        if topic.is_reserved() {
+            return Err(PublishError::Reserved(topic));
+        }
+        self.inner.enqueue_event_with(topic, encode).await
     }
 
     /// Publishes an already-encoded MessagePack payload.

@@ -395,6 +395,44 @@ async fn reserved_and_invalid_topics_are_refused() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_nobody_watches_is_not_encoded_but_takes_its_seq() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let node = plain(local("node", &mesh)).await;
+    let encoded = std::sync::atomic::AtomicUsize::new(0);
+    let publish = |n: u32| {
+        let encoded = &encoded;
+        let node = &node;
+        async move {
+            node.publish_with("quiet.tick", || {
+                encoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                mlmesh::protocol::to_payload(&n)
+            })
+            .await
+            .expect("published")
+        }
+    };
+    for n in 1..=3 {
+        publish(n).await;
+    }
+    assert_eq!(encoded.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let stats = node.stats();
+    assert_eq!((stats.events_published, stats.events_unsubscribed), (3, 3));
+
+    // Watched (here by the node itself): encoded, and numbered after the unwatched ones.
+    let mut sub = node.subscribe("quiet.*").expect("pattern");
+    publish(4).await;
+    assert_eq!(encoded.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let ev = sub.try_recv().expect("delivered locally");
+    assert_eq!((ev.seq(), ev.decode::<u32>().expect("payload")), (4, 4));
+    // Other topics stay unwatched.
+    node.publish_with("loud.tick", || panic!("not encoded"))
+        .await
+        .expect("published");
+    node.shutdown().await;
+}
+
 /// A MessagePack nil.
 fn bytes_nil() -> bytes::Bytes {
     bytes::Bytes::from_static(&[0xc0])

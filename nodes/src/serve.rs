@@ -12,7 +12,7 @@ use mlmesh::protocol::{from_payload, to_payload, NodeId, Status};
 use mlmesh::{Ctx, NodeBuilder};
 
 pub(crate) use crate::store::now_ms;
-use crate::store::{self, Done, Store};
+use crate::store::{self, Done, Event, Store};
 
 /// Most bytes of items in one page of a search: with the envelope around it, a page
 /// stays under the default 1 MiB message limit whatever `max_results` says.
@@ -71,14 +71,14 @@ impl Done {
         })
     }
 
-    /// Adds an event to publish once the op is committed.
-    pub(crate) fn event<T: Serialize + ?Sized>(
+    /// Adds an event to publish once the op is committed (encoded then, if watched).
+    pub(crate) fn event<T: Serialize + Send + 'static>(
         mut self,
         topic: &'static str,
-        payload: &T,
-    ) -> Result<Self, Status> {
-        self.events.push((topic, encode(payload)?));
-        Ok(self)
+        payload: T,
+    ) -> Self {
+        self.events.push(Event::new(topic, payload));
+        self
     }
 }
 
@@ -105,10 +105,8 @@ where
             let done = store
                 .write(Some(key), Box::new(move |c| op(c, req, meta)))
                 .await?;
-            for (topic, data) in done.events {
-                // The write is committed; an event that cannot be queued is counted by
-                // the runtime as dropped, and the instruction still succeeded.
-                let _ = ctx.node().publish_raw(topic, data).await;
+            for event in done.events {
+                event.publish(ctx.node()).await;
             }
             Ok(done.reply)
         }

@@ -192,10 +192,9 @@ where
             let (done, seq) =
                 core.decide(Some(key), meta, |hot| op(hot, req, &core.settings, meta))?;
             core.sync(seq)?;
-            for (topic, data) in done.events {
-                // The write is journaled; an event that cannot be queued is counted by
-                // the runtime as dropped, and the instruction still succeeded.
-                let _ = ctx.node().publish_raw(topic, data).await;
+            // The write is journaled: its events go out now.
+            for event in done.events {
+                event.publish(ctx.node()).await;
             }
             Ok(done.reply)
         }
@@ -335,8 +334,8 @@ impl Tracker {
                 .and_then(|(done, seq)| core.sync(seq).map(|()| done))
             {
                 Ok(done) => {
-                    for (topic, data) in done.events {
-                        let _ = node.publish_raw(topic, data).await;
+                    for event in done.events {
+                        event.publish(node).await;
                     }
                 }
                 Err(e) => tracing::warn!(%owner, error = %e, "marking runs CRASHED failed"),

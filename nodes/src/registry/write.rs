@@ -81,7 +81,7 @@ pub(super) fn model_create(c: &Connection, req: ModelCreate, meta: Meta) -> Resu
     }
     insert_model(c, &req.name, &req.description, &req.tags, meta.now_ms)?;
     let model = model_now(c, &req.name)?;
-    Done::reply(&model)?.event(registry::MODEL_CREATED, &model)
+    Ok(Done::reply(&model)?.event(registry::MODEL_CREATED, model))
 }
 
 /// `registry.model.update`.
@@ -102,7 +102,7 @@ pub(super) fn model_update(c: &Connection, req: ModelUpdate, meta: Meta) -> Resu
     }
     touch_model(c, &req.name, meta.now_ms)?;
     let model = model_now(c, &req.name)?;
-    Done::reply(&model)?.event(registry::MODEL_UPDATED, &model)
+    Ok(Done::reply(&model)?.event(registry::MODEL_UPDATED, model))
 }
 
 /// `registry.version.create`: the model is created if new; the version is numbered
@@ -143,9 +143,9 @@ pub(super) fn version_create(c: &Connection, req: VersionCreate, meta: Meta) -> 
     let version = require_version(c, name, number)?;
     let mut done = Done::reply(&version)?;
     if created {
-        done = done.event(registry::MODEL_CREATED, &model_now(c, name)?)?;
+        done = done.event(registry::MODEL_CREATED, model_now(c, name)?);
     }
-    done.event(registry::VERSION_CREATED, &version)
+    Ok(done.event(registry::VERSION_CREATED, version))
 }
 
 /// `registry.version.update`.
@@ -185,7 +185,7 @@ pub(super) fn version_update(c: &Connection, req: VersionUpdate, meta: Meta) -> 
     }
     touch_model(c, name, meta.now_ms)?;
     let version = require_version(c, name, req.version)?;
-    Done::reply(&version)?.event(registry::VERSION_UPDATED, &version)
+    Ok(Done::reply(&version)?.event(registry::VERSION_UPDATED, version))
 }
 
 /// `registry.alias.assign`: new, moved, or (already there) unchanged and silent.
@@ -219,7 +219,7 @@ pub(super) fn alias_set(c: &Connection, req: AliasAssign, meta: Meta) -> Result<
         version,
         previous,
     };
-    Done::reply(&assigned)?.event(registry::ALIAS_SET, &assigned)
+    Ok(Done::reply(&assigned)?.event(registry::ALIAS_SET, assigned))
 }
 
 /// `registry.alias.delete`.
@@ -242,7 +242,7 @@ pub(super) fn alias_delete(c: &Connection, req: AliasDelete, meta: Meta) -> Resu
         alias,
         version,
     };
-    Done::reply(&deleted)?.event(registry::ALIAS_DELETED, &deleted)
+    Ok(Done::reply(&deleted)?.event(registry::ALIAS_DELETED, deleted))
 }
 
 #[cfg(test)]
@@ -288,7 +288,7 @@ mod tests {
         let c = db();
         let first = register(&c, "m", "s3://a");
         assert_eq!(
-            first.events.iter().map(|e| e.0).collect::<Vec<_>>(),
+            first.events.iter().map(|e| e.topic).collect::<Vec<_>>(),
             [registry::MODEL_CREATED, registry::VERSION_CREATED]
         );
         let second = register(&c, "m", "s3://b");
@@ -328,7 +328,8 @@ mod tests {
         assert!(set(1).expect("same").events.is_empty());
         assert_eq!(code(set(3)), (Code::NotFound, "version".into()));
         let moved = set(2).expect("moved");
-        let ev: AliasSet = mlmesh::protocol::from_payload(&moved.events[0].1).expect("decodes");
+        let ev: AliasSet =
+            mlmesh::protocol::from_payload(&moved.events[0].encoded()).expect("decodes");
         assert_eq!((ev.version, ev.previous), (2, Some(1)));
         let at = read::locate(
             &c,

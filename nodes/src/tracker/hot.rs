@@ -318,7 +318,7 @@ impl Hot {
             ..Decided::default()
         };
         if created {
-            d.done = d.done.event(tracking::EXPERIMENT_CREATED, &exp)?;
+            d.done = d.done.event(tracking::EXPERIMENT_CREATED, exp.clone());
             d.changes.0.push(Change::Experiment(exp));
         }
         Ok(d)
@@ -379,10 +379,10 @@ impl Hot {
             ..Decided::default()
         };
         if created {
-            d.done = d.done.event(tracking::EXPERIMENT_CREATED, &exp)?;
+            d.done = d.done.event(tracking::EXPERIMENT_CREATED, exp.clone());
             d.changes.0.push(Change::Experiment(exp));
         }
-        d.done = d.done.event(tracking::RUN_STARTED, &info)?;
+        d.done = d.done.event(tracking::RUN_STARTED, info.clone());
         d.changes.0.push(Change::RunStarted {
             info,
             tags: req.tags,
@@ -415,7 +415,7 @@ impl Hot {
         info.end_ms = Some(end_ms);
         info.tracker = meta.node;
         Ok(Decided {
-            done: Done::reply(&info)?.event(tracking::RUN_ENDED, &info)?,
+            done: Done::reply(&info)?.event(tracking::RUN_ENDED, info),
             changes: Changes(vec![Change::RunEnded {
                 run: req.run,
                 status: req.status,
@@ -460,7 +460,7 @@ impl Hot {
             info.status = RunStatus::Crashed;
             info.end_ms = Some(meta.now_ms);
             info.tracker = meta.node;
-            d.done = d.done.event(tracking::RUN_ENDED, &info)?;
+            d.done = d.done.event(tracking::RUN_ENDED, info);
             d.changes.0.push(Change::RunEnded {
                 run: id,
                 status: RunStatus::Crashed,
@@ -584,36 +584,36 @@ impl Hot {
         if !written.is_empty() {
             done = done.event(
                 tracking::METRICS_LOGGED,
-                &MetricsLogged {
+                MetricsLogged {
                     run,
                     experiment_id,
                     metrics: written,
                 },
-            )?;
+            );
         }
         if !params.is_empty() {
             done = done.event(
                 tracking::PARAMS_LOGGED,
-                &tracking::ParamsLogged { run, params },
-            )?;
+                tracking::ParamsLogged { run, params },
+            );
         }
         if !tags.is_empty() {
             done = done.event(
                 tracking::TAGS_SET,
-                &tracking::TagsSet {
+                tracking::TagsSet {
                     run,
                     tags: tags.clone(),
                 },
-            )?;
+            );
         }
         if !inputs.is_empty() {
             done = done.event(
                 tracking::INPUTS_LOGGED,
-                &tracking::InputsLogged {
+                tracking::InputsLogged {
                     run,
                     inputs: inputs.clone(),
                 },
-            )?;
+            );
         }
         let mut changes = Changes::default();
         if !(new_params.is_empty() && tags.is_empty() && inputs.is_empty() && keys.is_empty()) {
