@@ -47,7 +47,7 @@
 //! wait for it give up after [`MAX_WAIT`] with UNAVAILABLE. What a tracker journals is
 //! checked first so that SQLite can always take it (e.g. times within `i64`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +62,7 @@ use serde::Serialize;
 use mlmesh::protocol::{Code, Status};
 
 use crate::store::{internal, Key, Store, StoreError};
+use crate::{FastMap, FastSet};
 
 /// At most this many entries, and about this many bytes of them, wait to be applied; a
 /// writer waits for room beyond either.
@@ -228,7 +229,7 @@ struct Log<C> {
     queue: Vec<Entry<C>>,
     /// The keys appended since open (the last [`RECENT_KEYS`] of them at least), with
     /// their reply until their entry is applied.
-    keys: HashMap<Key, (u64, Option<Bytes>)>,
+    keys: FastMap<Key, (u64, Option<Bytes>)>,
     /// `keys` in append order, with their entries' sequence numbers.
     key_order: VecDeque<(u64, Key)>,
     /// Where in `key_order` the replies not yet applied start.
@@ -239,7 +240,7 @@ struct Log<C> {
     /// Keys forgotten from `keys` (or stored before open) whose time field was more than
     /// [`FAR_AHEAD`] in the future then, at most [`RECENT_KEYS`] of them: they do not
     /// raise `floor`, so that one odd id cannot cost every later request a look-up.
-    far: std::collections::HashSet<Key>,
+    far: FastSet<Key>,
     /// A read connection, for replies already applied.
     lookup: Connection,
     buf: Vec<u8>,
@@ -315,7 +316,7 @@ impl<C: Change> Journal<C> {
             sealed: VecDeque::new(),
             next_seq: last + 1,
             queue: Vec::new(),
-            keys: HashMap::new(),
+            keys: FastMap::default(),
             key_order: VecDeque::new(),
             unapplied: 0,
             floor,
@@ -546,7 +547,7 @@ fn far_ahead() -> u64 {
 /// `floor` and `far` for the keys stored in SQLite: the highest time field up to
 /// [`far_ahead`], and the keys beyond it (if there are too many of those, the floor
 /// covers them too).
-fn stored_floor(c: &Connection) -> rusqlite::Result<(u64, std::collections::HashSet<Key>)> {
+fn stored_floor(c: &Connection) -> rusqlite::Result<(u64, FastSet<Key>)> {
     let bound = far_ahead().min((1 << 48) - 1).to_be_bytes()[2..].to_vec();
     let time_of = |k: Option<Vec<u8>>| {
         k.and_then(|k| Key::try_from(k.as_slice()).ok())

@@ -27,5 +27,10 @@ mod serve;
 pub mod store;
 pub mod tracker;
 
+/// A hash map for the hot paths: foldhash (seeded per process) instead of SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// A hash set for the hot paths, as [`FastMap`].
+pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 pub use mlmesh;
 pub use mlmesh_protocol as protocol;

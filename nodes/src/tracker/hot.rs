@@ -30,6 +30,7 @@ use super::read::{experiment_tags, run_info};
 use super::Settings;
 use crate::serve::Meta;
 use crate::store::{internal, Done};
+use crate::FastMap;
 
 type Result<T> = std::result::Result<T, Status>;
 
@@ -60,8 +61,8 @@ impl Key {
 #[derive(Debug)]
 struct Run {
     info: RunInfo,
-    params: HashMap<String, String>,
-    keys: HashMap<String, Key>,
+    params: FastMap<String, String>,
+    keys: FastMap<String, Key>,
     /// The last journal entry that changed it.
     last_seq: u64,
     /// When it was last used, in [`Hot::clock`] ticks.
@@ -78,8 +79,8 @@ pub(super) struct Decided {
 /// The tracker's state in memory; see the module docs.
 #[derive(Debug)]
 pub(super) struct Hot {
-    experiments: HashMap<String, Experiment>,
-    runs: HashMap<RunId, Run>,
+    experiments: FastMap<String, Experiment>,
+    runs: FastMap<RunId, Run>,
     /// A read connection: runs loaded on first use, values looked up as duplicates.
     lookup: Connection,
     clock: u64,
@@ -93,7 +94,7 @@ fn not_found(field: &str, what: String) -> Status {
 impl Hot {
     /// Loads every experiment; runs are loaded when used.
     pub(super) fn load(lookup: Connection) -> Result<Self> {
-        let mut experiments = HashMap::new();
+        let mut experiments = FastMap::default();
         {
             let mut st = lookup
                 .prepare("SELECT id, uid, name, artifact_location, created_ms FROM experiments")
@@ -123,7 +124,7 @@ impl Hot {
         }
         Ok(Self {
             experiments,
-            runs: HashMap::new(),
+            runs: FastMap::default(),
             lookup,
             clock: 0,
             commits: 0,
@@ -158,7 +159,7 @@ impl Hot {
             .prepare_cached("SELECT key, value FROM params WHERE run = ?1")
             .and_then(|mut st| {
                 st.query_map([row], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<HashMap<String, String>>>()
+                    .collect::<rusqlite::Result<FastMap<String, String>>>()
             })
             .map_err(internal)?;
         let keys = c
@@ -184,7 +185,7 @@ impl Hot {
                     };
                     Ok((r.get::<_, String>(0)?, key))
                 })?
-                .collect::<rusqlite::Result<HashMap<String, Key>>>()
+                .collect::<rusqlite::Result<FastMap<String, Key>>>()
             })
             .map_err(internal)?;
         Ok(Some(Run {
@@ -230,8 +231,8 @@ impl Hot {
                         info.id,
                         Run {
                             info,
-                            params: HashMap::new(),
-                            keys: HashMap::new(),
+                            params: FastMap::default(),
+                            keys: FastMap::default(),
                             last_seq: seq,
                             used: self.clock,
                         },
