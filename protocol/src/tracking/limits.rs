@@ -89,6 +89,15 @@ pub fn check_key(field: &str, key: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Runs `check` and names its field only if it fails: formatting an item's field name
+/// cost more than checking the item.
+fn named(
+    field: impl FnOnce() -> String,
+    check: impl FnOnce(&str) -> Result<(), Status>,
+) -> Result<(), Status> {
+    check("").map_err(|e| e.with_field(field()))
+}
+
 fn check_len(field: &str, what: &str, value: &str, max: usize) -> Result<(), Status> {
     if value.len() > max {
         return Err(invalid(
@@ -185,16 +194,14 @@ pub fn check_log(batch: &LogBatch) -> Result<(), Status> {
         ));
     }
     for (i, m) in metrics.iter().enumerate() {
-        check_key(&format!("metrics[{i}].key"), &m.key)?;
+        named(|| format!("metrics[{i}].key"), |f| check_key(f, &m.key))?;
     }
     let mut seen: HashMap<&str, &str> = HashMap::with_capacity(params.len());
     for (i, p) in params.iter().enumerate() {
-        check_key(&format!("params[{i}].key"), &p.key)?;
-        check_len(
-            &format!("params[{i}].value"),
-            "param value",
-            &p.value,
-            MAX_PARAM_VALUE_LENGTH,
+        named(|| format!("params[{i}].key"), |f| check_key(f, &p.key))?;
+        named(
+            || format!("params[{i}].value"),
+            |f| check_len(f, "param value", &p.value, MAX_PARAM_VALUE_LENGTH),
         )?;
         if let Some(other) = seen.insert(&p.key, &p.value) {
             if other != p.value {
@@ -209,7 +216,7 @@ pub fn check_log(batch: &LogBatch) -> Result<(), Status> {
         }
     }
     for (i, t) in tags.iter().enumerate() {
-        check_tag(&format!("tags[{i}]"), &t.key, &t.value)?;
+        named(|| format!("tags[{i}]"), |f| check_tag(f, &t.key, &t.value))?;
     }
     for (i, d) in inputs.iter().enumerate() {
         check_input(&format!("inputs[{i}]"), d)?;
