@@ -34,7 +34,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use mlmesh::protocol::{Code, MessageId, NodeId, Status};
+use mlmesh::protocol::{Code, MessageId, NameError, NodeId, Status, Topic};
 
 /// How much an acknowledged write survives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,10 +134,15 @@ impl Event {
     /// Publishes the event from `node`; one that cannot be queued is counted by the
     /// runtime as dropped (the write it reports stands).
     pub(crate) async fn publish(self, node: &mlmesh::NodeHandle) {
+        let Ok(topic) = known_topic(self.topic) else {
+            tracing::error!(
+                topic = self.topic,
+                "an event of an invalid topic was dropped"
+            );
+            return;
+        };
         let payload = self.payload;
-        let _ = node
-            .publish_with(self.topic, move || payload.encode())
-            .await;
+        let _ = node.publish_with(topic, move || payload.encode()).await;
     }
 
     /// The payload, encoded.
@@ -145,6 +150,23 @@ impl Event {
     pub(crate) fn encoded(&self) -> Vec<u8> {
         self.payload.encode().expect("an event payload encodes")
     }
+}
+
+/// The topic named `name`, validated once per name: the stores publish a few constant
+/// topics, and building one (checked, then allocated) for every event cost about as
+/// much as checking a logged metric.
+fn known_topic(name: &'static str) -> Result<Topic, NameError> {
+    static KNOWN: Mutex<Vec<(&'static str, Topic)>> = Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    // The names are constants: the same name is the same pointer.
+    if let Some((_, topic)) = known.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
+        return Ok(topic.clone());
+    }
+    let topic = Topic::new(name)?;
+    if known.len() < 64 {
+        known.push((name, topic.clone()));
+    }
+    Ok(topic)
 }
 
 impl std::fmt::Debug for Event {
