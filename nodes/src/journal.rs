@@ -908,11 +908,13 @@ impl<C: Change> Shared<C> {
                     }
                 }
             }
+            // Replies leave memory before the progress says so (SQLite has them now), so
+            // that a caller that saw `applied` reach its entry finds them there.
+            self.forget_applied(last);
             let bytes = batch.iter().map(|e| e.bytes).sum();
             progress.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
             progress.applied.store(last, Ordering::SeqCst);
             progress.changed.notify_waiters();
-            self.forget_applied(last);
         }
     }
 
