@@ -26,7 +26,7 @@ use crate::handler::{Ctx, ErasedHandler, Raw, Reply, Typed};
 use crate::peers::{PeerEvent, PeerInfo, PeerTable};
 use crate::transport::client::Clients;
 use crate::transport::publisher::{Offer, Outbox, Outgoing};
-use crate::{discovery, rpc, transport};
+use crate::{discovery, rpc, transport, FastMap};
 
 /// How long calls already sent to a peer that said goodbye may still get their reply.
 const GOODBYE_GRACE: Duration = Duration::from_secs(2);
@@ -230,7 +230,7 @@ pub(crate) struct Inner {
     pub(crate) codec: Codec,
     pub(crate) started_ms: u64,
     pub(crate) endpoints: Endpoints,
-    pub(crate) handlers: HashMap<Topic, Arc<dyn ErasedHandler>>,
+    pub(crate) handlers: FastMap<Topic, Arc<dyn ErasedHandler>>,
     pub(crate) serves: Vec<Served>,
     pub(crate) peers: Mutex<PeerTable>,
     pub(crate) peer_events: broadcast::Sender<PeerEvent>,
@@ -581,7 +581,7 @@ impl NodeBuilder {
     pub async fn spawn(self) -> Result<NodeHandle, BuildError> {
         let NodeBuilder { config, handlers } = self;
         config.validate()?;
-        let mut table = HashMap::new();
+        let mut table = FastMap::default();
         let mut serves = Vec::new();
         for (name, schema, h) in handlers {
             let topic = Topic::new(&name).map_err(|source| BuildError::Topic {

@@ -5,13 +5,14 @@
 //! which is how a crashed process looks). Only the liveness task removes peers; any
 //! envelope from a peer refreshes it through [`Liveness::touch`], a lock-free store.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlmesh_protocol::sys::{Describe, Endpoints};
 use mlmesh_protocol::{NodeId, Topic};
+
+use crate::{FastMap, FastSet};
 
 /// How a peer was found; the most direct way when there were several (a peer first
 /// introduced by another, then found by mDNS or as a seed, shows as that).
@@ -154,7 +155,7 @@ pub(crate) struct Peer {
     pub(crate) describe: Describe,
     /// Name and rpc endpoint again, shared, so that routing a call copies no strings.
     pub(crate) route: (Arc<str>, Arc<str>),
-    pub(crate) serves: HashSet<Topic>,
+    pub(crate) serves: FastSet<Topic>,
     pub(crate) state: PeerState,
     pub(crate) via: Via,
     pub(crate) live: Arc<Liveness>,
@@ -197,7 +198,7 @@ pub(crate) enum Upsert {
 pub(crate) struct PeerTable {
     epoch: Instant,
     clock: CoarseClock,
-    peers: HashMap<NodeId, Peer>,
+    peers: FastMap<NodeId, Peer>,
     /// When the last sweep ran, ms since the epoch.
     last_sweep_ms: u64,
 }
@@ -226,7 +227,7 @@ impl PeerTable {
         Self {
             epoch,
             clock: Arc::new(AtomicU64::new(0)),
-            peers: HashMap::new(),
+            peers: FastMap::default(),
             last_sweep_ms: 0,
         }
     }

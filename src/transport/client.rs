@@ -264,7 +264,7 @@ impl PeerClient {
             );
             others
         };
-        let _cleanup = RemoveOnDrop(&shared.pending, id);
+        let mut cleanup = RemoveOnDrop(&shared.pending, id, true);
         // The expiry task wakes for the earliest deadline; it is told only when this one
         // is earlier (the first call after a quiet time, or a shorter deadline).
         if shared.armed_ms.fetch_min(deadline_ms, Ordering::AcqRel) > deadline_ms {
@@ -285,7 +285,10 @@ impl PeerClient {
             }
         }
         // No timer of its own: the expiry task answers it at the deadline.
-        reply_rx.await.unwrap_or_else(|_| Err(lost()))
+        let answer = reply_rx.await.unwrap_or_else(|_| Err(lost()));
+        // Answered or not, its sender left `pending` first: no second lock to remove it.
+        cleanup.2 = false;
+        answer
     }
 
     fn timed_out(&self, replies_before: u64) -> Status {
@@ -380,14 +383,19 @@ fn lost() -> Status {
     )
 }
 
-struct RemoveOnDrop<'a>(&'a Pending, MessageId);
+/// Takes a call out of `pending` if it ends before its reply (a caller that gave up, a
+/// request that could not be sent); disarmed (`.2`) once the reply or its failure came,
+/// which took it out already.
+struct RemoveOnDrop<'a>(&'a Pending, MessageId, bool);
 
 impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.1);
+        if self.2 {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.1);
+        }
     }
 }
 
