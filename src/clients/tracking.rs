@@ -21,7 +21,6 @@
 //! elsewhere, or its tracker restarted with a new node id) finds it by broadcasting
 //! `tracking.run.get` and remembers the tracker that answers OK (SPEC 15.6).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
@@ -34,6 +33,7 @@ use mlmesh_protocol::tracking::{
 use mlmesh_protocol::{Code, NodeId, Status};
 
 use crate::node::{CallOptions, NodeHandle};
+use crate::FastMap;
 
 pub use super::logger::{EndReport, LogError, LoggerOptions, RunLogger, Unacknowledged};
 
@@ -45,7 +45,7 @@ const MAX_REMEMBERED: usize = 16_384;
 #[derive(Debug, Clone)]
 pub struct Tracking {
     node: NodeHandle,
-    trackers: Arc<Mutex<HashMap<RunId, NodeId>>>,
+    trackers: Arc<Mutex<FastMap<RunId, NodeId>>>,
 }
 
 impl Tracking {

@@ -508,9 +508,11 @@ impl Hot {
         }
 
         let mut logged = Logged::default();
-        let mut keys: Vec<KeyPoints> = Vec::new();
+        // Sized for the usual batch, a few keys: grown from empty, these two were a
+        // tenth of a logged metric's decision.
+        let mut keys: Vec<KeyPoints> = Vec::with_capacity(batch.metrics.len().min(8));
         // The batch's first value of each of `keys`, and (from 8 keys on) an index of them.
-        let mut first_of: Vec<usize> = Vec::new();
+        let mut first_of: Vec<usize> = Vec::with_capacity(keys.capacity());
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut duplicates: Vec<usize> = Vec::new();
         for (i, m) in batch.metrics.iter().enumerate() {
