@@ -118,7 +118,9 @@ pub enum PublishError {
     /// `sys.` topics are published by the runtime only.
     #[error("topic {0}: the sys. namespace is reserved for the runtime")]
     Reserved(Topic),
-    /// The payload cannot be encoded or is over the size limit.
+    /// The payload cannot be encoded or is over the size limit. With `publish` and
+    /// `publish_with`, known only for an event someone would receive: one that nobody
+    /// would is not encoded, so not checked.
     #[error(transparent)]
     Encode(#[from] EncodeError),
     /// The node has shut down.
@@ -795,7 +797,8 @@ impl NodeHandle {
 
     /// Publishes an event to every subscriber in the mesh (and this node's own). The
     /// payload is encoded only if the event would reach someone now (see
-    /// [`NodeHandle::publish_with`]).
+    /// [`NodeHandle::publish_with`]): a payload that cannot be encoded, or is too large,
+    /// is an error only then.
     pub async fn publish<T: Serialize + ?Sized>(
         &self,
         topic: impl IntoTopic,

@@ -315,13 +315,7 @@ impl<C: Change> Journal<C> {
         full: bool,
         file_bytes: u64,
     ) -> Result<Self, StoreError> {
-        // A spare file left by the last run holds no entries.
-        match std::fs::remove_file(spare_path(dir, stem)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(dir_err(dir, e.to_string()))
-            }
-            _ => {}
-        }
+        adopt_spare::<C>(dir, stem)?;
         let (mut files, last, (floor, far)) = store.with_writer(|c| -> Result<_, StoreError> {
             c.execute_batch(STATE)?;
             let applied: i64 = c.query_row("SELECT applied FROM journal", [], |r| r.get(0))?;
@@ -329,7 +323,13 @@ impl<C: Change> Journal<C> {
             Ok((files, last, stored_floor(c)?))
         })?;
         let index = files.last().map_or(0, |(i, _)| i + 1);
-        let segment = create(&dir.join(file_name(stem, index)), dir, full, file_bytes)?;
+        let segment = create(
+            &dir.join(file_name(stem, index)),
+            dir,
+            full,
+            file_bytes,
+            true,
+        )?;
         for (_, path) in files.drain(..) {
             std::fs::remove_file(&path).map_err(|e| dir_err(dir, e.to_string()))?;
         }
@@ -633,22 +633,64 @@ fn spare_path(dir: &Path, stem: &str) -> PathBuf {
     dir.join(format!("{stem}.journal.spare"))
 }
 
+/// A spare left by the last run: deleted if it holds no entry, as it should. If it does
+/// (under `durability = "normal"` the rename that numbered it is not synced, and a power
+/// loss can undo it), it gets the number after the last file's, and replay takes its
+/// entries if they follow on.
+fn adopt_spare<C: Change>(dir: &Path, stem: &str) -> Result<(), StoreError> {
+    let spare = spare_path(dir, stem);
+    let bytes = match std::fs::read(&spare) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(dir_err(dir, format!("{}: {e}", spare.display()))),
+    };
+    let io = |e: std::io::Error| dir_err(dir, format!("{}: {e}", spare.display()));
+    if decode_file::<C>(&bytes).0.is_empty() {
+        return std::fs::remove_file(&spare).map_err(io);
+    }
+    let next = list(dir, stem)?.last().map_or(0, |(i, _)| i + 1);
+    let path = dir.join(file_name(stem, next));
+    tracing::warn!(file = %path.display(), "journal: a spare file holds entries (its rename was lost); reading it as the next file");
+    std::fs::rename(&spare, &path).map_err(io)
+}
+
 /// Creates the journal file `path` (in `dir`) with `bytes` allocated (zeros: the end of
-/// the entries when read back), maps it, and faults its pages in.
-///
-/// The project's one `unsafe`: an append through a shared mapping costs a copy where a
-/// `write` costs a system call (1-3 us here, the largest single cost of an acknowledged
-/// write), with the same guarantee against `kill -9`.
-#[allow(unsafe_code)]
-fn create(path: &Path, dir: &Path, full: bool, bytes: u64) -> Result<Segment, StoreError> {
-    let err = |e: std::io::Error| dir_err(dir, format!("{}: {e}", path.display()));
+/// the entries when read back), and maps it; with `populate`, faults its pages in too
+/// (milliseconds: at open, and for the applier's spare).
+fn create(
+    path: &Path,
+    dir: &Path,
+    full: bool,
+    bytes: u64,
+    populate: bool,
+) -> Result<Segment, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(err)?;
-    let len = libc::off_t::try_from(bytes).map_err(|_| dir_err(dir, "entry too large".into()))?;
+        .map_err(|e| dir_err(dir, format!("{}: {e}", path.display())))?;
+    // A file that could not be made ready goes, so that the next try can create it.
+    map_new(file, dir, full, bytes, populate).map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        dir_err(dir, format!("{}: {e}", path.display()))
+    })
+}
+
+/// Allocates, maps and faults in the new file `file` of [`create`].
+///
+/// The project's one `unsafe`: an append through a shared mapping costs a copy where a
+/// `write` costs a system call (1-3 us here, the largest single cost of an acknowledged
+/// write), with the same guarantee against `kill -9`.
+#[allow(unsafe_code)]
+fn map_new(
+    file: File,
+    dir: &Path,
+    full: bool,
+    bytes: u64,
+    populate: bool,
+) -> std::io::Result<Segment> {
+    let len = libc::off_t::try_from(bytes).map_err(|_| std::io::Error::other("entry too large"))?;
     // Blocks allocated now, so that a full disk fails here and not in a copy into the
     // mapping (which would be a SIGBUS).
     // SAFETY: a valid open file descriptor and a non-negative range.
@@ -657,22 +699,27 @@ fn create(path: &Path, dir: &Path, full: bool, bytes: u64) -> Result<Segment, St
         libc::posix_fallocate(file.as_raw_fd(), 0, len)
     };
     if rc != 0 {
-        let e = std::io::Error::from_raw_os_error(rc);
-        let _ = std::fs::remove_file(path);
-        return Err(err(e));
+        return Err(std::io::Error::from_raw_os_error(rc));
     }
     if full {
         // The new name must survive a power loss too.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        File::open(dir)?.sync_all()?;
     }
     // SAFETY: the file is this process's alone (the store's directory lock) and is never
     // truncated while mapped.
-    let map = unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(err)?;
+    let map = unsafe { memmap2::MmapMut::map_mut(&file) }?;
     // Every page faulted in now (writable), not by the appends: a first write to a page
     // of the file cost a fault that zeroed a whole readahead window, 12 % of the CPU of
     // a tracker logging one metric per call. Best effort: a kernel older than 5.14 lacks
     // the call, and the appends fault as before.
-    let _ = map.advise(memmap2::Advice::PopulateWrite);
+    if populate {
+        let _ = map.advise(memmap2::Advice::PopulateWrite);
+        if full {
+            // Faulted in writable, the pages are dirty: written now, here, rather than
+            // by the first acknowledged call's `fdatasync` (16 MiB at once).
+            file.sync_data()?;
+        }
+    }
     Ok(Segment {
         file: Arc::new(file),
         map,
@@ -897,15 +944,23 @@ impl<C: Change> Shared<C> {
     /// for at least `need` bytes.
     fn rotate(&self, log: &mut Log<C>, need: usize) -> std::io::Result<()> {
         if self.full {
-            log.segment.file.sync_data()?;
+            log.segment
+                .file
+                .sync_data()
+                .inspect_err(|e| self.fail("fdatasync of a full file", e))?;
         }
         let path = self.dir.join(file_name(&self.stem, log.index + 1));
         let next = match log.spare.take() {
             // The usual case: the applier made the next file ready; it takes its name.
             Some(spare) if spare.map.len() >= need => {
-                std::fs::rename(spare_path(&self.dir, &self.stem), &path)?;
+                if let Err(e) = std::fs::rename(spare_path(&self.dir, &self.stem), &path) {
+                    log.spare = Some(spare);
+                    return Err(e);
+                }
                 if self.full {
-                    File::open(&self.dir)?.sync_all()?;
+                    File::open(&self.dir)
+                        .and_then(|d| d.sync_all())
+                        .inspect_err(|e| self.fail("fsync of the directory", e))?;
                 }
                 spare
             }
@@ -914,8 +969,10 @@ impl<C: Change> Shared<C> {
                     // Too small for this entry.
                     std::fs::remove_file(spare_path(&self.dir, &self.stem))?;
                 }
+                // No spare yet (or a burst filled the file first): made here, under the
+                // lock, without faulting its pages in.
                 let bytes = self.file_bytes.max(need as u64);
-                create(&path, &self.dir, self.full, bytes)
+                create(&path, &self.dir, self.full, bytes, false)
                     .map_err(|e| std::io::Error::other(e.to_string()))?
             }
         };
@@ -923,6 +980,14 @@ impl<C: Change> Shared<C> {
         log.segment = next;
         log.index += 1;
         Ok(())
+    }
+
+    /// A sync failed (`full`): Linux may have dropped the pages it could not write and
+    /// cleared the error, so nothing more is appended or acknowledged until a restart
+    /// reads back what the files hold.
+    fn fail(&self, what: &str, e: &std::io::Error) {
+        tracing::error!(error = %e, "journal: {what} failed; refusing writes until restart");
+        self.failed.store(true, Ordering::SeqCst);
     }
 
     fn run_applier(&self) {
@@ -960,11 +1025,12 @@ impl<C: Change> Shared<C> {
             // Replies leave memory before the progress says so (SQLite has them now), so
             // that a caller that saw `applied` reach its entry finds them there.
             self.forget_applied(last);
-            self.prepare_spare();
             let bytes = batch.iter().map(|e| e.bytes).sum();
             progress.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
             progress.applied.store(last, Ordering::SeqCst);
             progress.changed.notify_waiters();
+            // After the progress, which reads and writers wait for: it takes milliseconds.
+            self.prepare_spare();
         }
     }
 
@@ -1035,7 +1101,7 @@ impl<C: Change> Shared<C> {
             }
         }
         let path = spare_path(&self.dir, &self.stem);
-        match create(&path, &self.dir, self.full, self.file_bytes) {
+        match create(&path, &self.dir, self.full, self.file_bytes, true) {
             Ok(spare) => lock(&self.log).spare = Some(spare),
             Err(e) => {
                 tracing::warn!(error = %e, "journal: cannot prepare the next file; the append that needs it will create it");
@@ -1130,13 +1196,59 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_file_rolls_over_to_the_spare_the_applier_made_ready() {
+        for full in [false, true] {
+            rolls_over_to_the_spare(full).await;
+        }
+    }
+
+    #[test]
+    fn a_spare_that_holds_entries_is_read_as_the_next_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // SQLite has 1 and 2; file 4 holds 1..=3; the spare, whose rename a power loss
+        // undid, holds 4 and 5.
+        applied_up_to_2(dir.path());
+        let mut first = entry(1, 1, None);
+        first.extend(entry(2, 2, None));
+        first.extend(entry(3, 3, None));
+        std::fs::write(dir.path().join(file_name("t", 4)), first).unwrap();
+        let mut spare = entry(4, 4, None);
+        spare.extend(entry(5, 5, None));
+        spare.resize(4096, 0);
+        std::fs::write(spare_path(dir.path(), "t"), spare).unwrap();
+        let s = store(dir.path());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1, 2, 3, 4, 5]);
+        assert_eq!(journal.applied(), 5);
+        assert!(!spare_path(dir.path(), "t").exists());
+        drop(journal);
+        // An empty one (zeros, as the applier makes them) is simply deleted.
+        std::fs::write(spare_path(dir.path(), "t"), vec![0u8; 4096]).unwrap();
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1, 2, 3, 4, 5]);
+        assert!(!spare_path(dir.path(), "t").exists());
+        drop(journal);
+    }
+
+    /// Whether `cond` holds within 5 s.
+    async fn within_5s(cond: impl Fn() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            if Instant::now() > until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+
+    async fn rolls_over_to_the_spare(full: bool) {
         use std::os::unix::fs::MetadataExt as _;
         let dir = tempfile::tempdir().unwrap();
         let spare = spare_path(dir.path(), "t");
         // A spare left by the last run is not a journal file: it goes at open.
         std::fs::write(&spare, [7u8; 64]).unwrap();
         let s = store(dir.path());
-        let journal = Journal::<Put>::open_sized(s.clone(), dir.path(), "t", false, 4096).unwrap();
+        let journal = Journal::<Put>::open_sized(s.clone(), dir.path(), "t", full, 4096).unwrap();
         assert!(!spare.exists());
         let at = || lock(&journal.shared.log).segment.at;
         let index = || lock(&journal.shared.log).index;
@@ -1154,7 +1266,10 @@ mod tests {
                 append();
             }
             journal.progress().caught_up().await.unwrap();
-            let ready = std::fs::metadata(&spare).expect("a spare is ready").ino();
+            // Made right after the applier's progress moves: waited for, 5 s at most.
+            let ready = within_5s(|| lock(&journal.shared.log).spare.is_some()).await;
+            assert!(ready, "a spare is ready (round {round}, full {full})");
+            let ready = std::fs::metadata(&spare).unwrap().ino();
             let before = index();
             while index() == before {
                 append();
@@ -1163,7 +1278,7 @@ mod tests {
             assert_eq!(
                 std::fs::metadata(next).unwrap().ino(),
                 ready,
-                "round {round}"
+                "round {round}, full {full}"
             );
         }
         journal.progress().caught_up().await.unwrap();
@@ -1171,7 +1286,7 @@ mod tests {
         assert_eq!(values(&s), all);
         drop(journal);
         // Nothing applied twice, nothing lost, when the next run opens these files.
-        let journal = Journal::<Put>::open_sized(s.clone(), dir.path(), "t", false, 4096).unwrap();
+        let journal = Journal::<Put>::open_sized(s.clone(), dir.path(), "t", full, 4096).unwrap();
         journal.progress().caught_up().await.unwrap();
         assert_eq!(values(&s), all);
     }

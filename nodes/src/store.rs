@@ -142,7 +142,13 @@ impl Event {
             return;
         };
         let payload = self.payload;
-        let _ = node.publish_with(topic, move || payload.encode()).await;
+        match node.publish_with(topic, move || payload.encode()).await {
+            Ok(()) => {}
+            Err(e @ mlmesh::PublishError::Encode(_)) => {
+                tracing::error!(topic = self.topic, error = %e, "an event was not published")
+            }
+            Err(e) => tracing::debug!(topic = self.topic, error = %e, "an event was not published"),
+        }
     }
 
     /// The payload, encoded.
