@@ -1187,6 +1187,11 @@ mod tests {
         k
     }
 
+    /// Entries `seqs`, each putting its own number, one after the other.
+    fn entries(seqs: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+        seqs.flat_map(|seq| entry(seq, seq as i64, None)).collect()
+    }
+
     fn entry(seq: u64, v: i64, key: Option<&Key>) -> Vec<u8> {
         let mut buf = Vec::new();
         let reply = key.map(|_| v.to_string().into_bytes());
@@ -1207,12 +1212,8 @@ mod tests {
         // SQLite has 1 and 2; file 4 holds 1..=3; the spare, whose rename a power loss
         // undid, holds 4 and 5.
         applied_up_to_2(dir.path());
-        let mut first = entry(1, 1, None);
-        first.extend(entry(2, 2, None));
-        first.extend(entry(3, 3, None));
-        std::fs::write(dir.path().join(file_name("t", 4)), first).unwrap();
-        let mut spare = entry(4, 4, None);
-        spare.extend(entry(5, 5, None));
+        std::fs::write(dir.path().join(file_name("t", 4)), entries(1..=3)).unwrap();
+        let mut spare = entries(4..=5);
         spare.resize(4096, 0);
         std::fs::write(spare_path(dir.path(), "t"), spare).unwrap();
         let s = store(dir.path());
@@ -1297,12 +1298,8 @@ mod tests {
         // SQLite has entries up to 2; the journal holds 1..=5 over two files, the
         // second ending in half an entry (a crash in the middle of an append).
         applied_up_to_2(dir.path());
-        let mut first = entry(1, 1, None);
-        first.extend(entry(2, 2, None));
-        first.extend(entry(3, 3, None));
-        std::fs::write(dir.path().join(file_name("t", 7)), first).unwrap();
-        let mut second = entry(4, 4, None);
-        second.extend(entry(5, 5, None));
+        std::fs::write(dir.path().join(file_name("t", 7)), entries(1..=3)).unwrap();
+        let mut second = entries(4..=5);
         let torn = entry(6, 6, None);
         second.extend(&torn[..torn.len() / 2]);
         std::fs::write(dir.path().join(file_name("t", 8)), second).unwrap();
@@ -1379,8 +1376,7 @@ mod tests {
         applied_up_to_2(dir.path());
         // Entries 3 and 4 are lost (their file deleted after a commit that a power loss
         // undid); 5 and 6 survive in the next file.
-        let mut bytes = entry(5, 5, None);
-        bytes.extend(entry(6, 6, None));
+        let bytes = entries(5..=6);
         std::fs::write(dir.path().join(file_name("t", 3)), bytes).unwrap();
         let s = store(dir.path());
         let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
