@@ -76,6 +76,22 @@ pub(super) struct Decided {
     pub(super) changes: Changes,
 }
 
+impl Decided {
+    /// Nothing changed yet; the reply is `value`.
+    fn reply<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self> {
+        Ok(Self {
+            done: Done::reply(value)?,
+            changes: Changes::default(),
+        })
+    }
+
+    /// A new experiment: its event, and its change to journal.
+    fn experiment_created(&mut self, exp: Experiment) {
+        self.done = std::mem::take(&mut self.done).event(tracking::EXPERIMENT_CREATED, exp.clone());
+        self.changes.0.push(Change::Experiment(exp));
+    }
+}
+
 /// The tracker's state in memory; see the module docs.
 #[derive(Debug)]
 pub(super) struct Hot {
@@ -314,13 +330,9 @@ impl Hot {
     ) -> Result<Decided> {
         limits::check_experiment_create(&req)?;
         let (exp, created) = self.experiment(&req, settings, meta);
-        let mut d = Decided {
-            done: Done::reply(&exp)?,
-            ..Decided::default()
-        };
+        let mut d = Decided::reply(&exp)?;
         if created {
-            d.done = d.done.event(tracking::EXPERIMENT_CREATED, exp.clone());
-            d.changes.0.push(Change::Experiment(exp));
+            d.experiment_created(exp);
         }
         Ok(d)
     }
@@ -375,13 +387,9 @@ impl Hot {
             parent: req.parent,
             artifact_uri: format!("{}/{id}/artifacts", exp.artifact_location),
         };
-        let mut d = Decided {
-            done: Done::reply(&info)?,
-            ..Decided::default()
-        };
+        let mut d = Decided::reply(&info)?;
         if created {
-            d.done = d.done.event(tracking::EXPERIMENT_CREATED, exp.clone());
-            d.changes.0.push(Change::Experiment(exp));
+            d.experiment_created(exp);
         }
         d.done = d.done.event(tracking::RUN_STARTED, info.clone());
         d.changes.0.push(Change::RunStarted {
