@@ -197,7 +197,7 @@ impl Default for LimitsSection {
             publish_overflow: Overflow::DropNewest,
             subscriber_queue: 1024,
             batch_max_bytes: 16 * 1024,
-            subscription_queue: 4096,
+            subscription_queue: 16_384,
             max_concurrent_requests: 256,
             max_in_flight: 1024,
             default_deadline_ms: 5000,
