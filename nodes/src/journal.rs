@@ -1355,6 +1355,54 @@ mod tests {
         assert_eq!(journal.applied(), 4);
     }
 
+    /// SQLite refusing an entry (a trigger here; a full disk, or a change that breaks a
+    /// constraint, in life) stops the applier at that entry: nothing after it is applied
+    /// out of order, nothing is skipped, and the acknowledged entries wait in the journal,
+    /// across a restart too, until SQLite takes them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_sqlite_refuses_wait_in_the_journal_until_it_takes_them() {
+        let refuse = |v: i64| {
+            format!(
+                "CREATE TRIGGER refuse BEFORE INSERT ON t WHEN NEW.v = {v} \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+            )
+        };
+        let accept = |s: &Store| s.with_writer(|c| c.execute_batch("DROP TRIGGER refuse").unwrap());
+        let append_all = |journal: &Journal<Put>, vs: std::ops::RangeInclusive<i64>| {
+            for v in vs {
+                journal
+                    .append(Put(v), None, &Bytes::new(), 1, |_, _| {})
+                    .unwrap();
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.with_writer(|c| c.execute_batch(&refuse(3)).unwrap());
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        append_all(&journal, 1..=4);
+        // Acknowledged (appended), and not applied: the applier keeps trying.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(journal.applied() < 3, "applied {}", journal.applied());
+        assert!(!values(&s).iter().any(|v| *v >= 3), "{:?}", values(&s));
+        drop(journal);
+        // An open replays the journal first: SQLite still refuses, so the open fails and
+        // the files stay.
+        assert!(Journal::<Put>::open(s.clone(), dir.path(), "t", false).is_err());
+        accept(&s);
+        let journal = Journal::<Put>::open(s.clone(), dir.path(), "t", false).unwrap();
+        assert_eq!(values(&s), [1, 2, 3, 4]);
+
+        // A running applier resumes by itself once SQLite takes the entry.
+        s.with_writer(|c| c.execute_batch(&refuse(7)).unwrap());
+        append_all(&journal, 5..=8);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!values(&s).iter().any(|v| *v >= 7), "{:?}", values(&s));
+        accept(&s);
+        journal.progress().caught_up().await.unwrap();
+        assert_eq!(values(&s), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(journal.applied(), 8);
+    }
+
     #[test]
     fn a_damaged_entry_ends_its_file() {
         let dir = tempfile::tempdir().unwrap();
