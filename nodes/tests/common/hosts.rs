@@ -839,7 +839,7 @@ pub async fn describe_of(rpc: &str) -> Option<Describe> {
 #[derive(Debug, Clone)]
 pub enum Member {
     Probe(mlmesh::NodeHandle),
-    Process { id: NodeId, rpc: String },
+    Process { id: NodeId, rpc: String, pid: u32 },
 }
 
 impl Member {
@@ -847,6 +847,7 @@ impl Member {
         Member::Process {
             id: p.id,
             rpc: p.rpc.clone(),
+            pid: p.pid,
         }
     }
 
@@ -895,11 +896,50 @@ pub async fn agreement(members: &[Member]) -> (bool, Vec<String>) {
             }
             None => {
                 ok = false;
-                report.push(format!("{}: no answer", m.id()));
+                let threads = match m {
+                    Member::Process { pid, .. } => threads_of(*pid),
+                    Member::Probe(_) => String::new(),
+                };
+                report.push(format!("{}: no answer{threads}", m.id()));
             }
         }
     }
     (ok, report)
+}
+
+/// Where each thread of process `pid` is, from `/proc`: its name, state, kernel wait
+/// channel and system call number (202 is `futex`, 232 `epoll_wait`), so that a process
+/// that stopped answering says whether it is stuck, and where.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!(" (process {pid} is gone)");
+    };
+    let read = |tid: &str, file: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{file}"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let mut out = format!(" (process {pid}, threads:");
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let stat = read(&tid, "stat");
+        // The state follows the name, which is in parentheses and may hold spaces.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.get(..1))
+            .unwrap_or("?");
+        let syscall = read(&tid, "syscall");
+        let syscall = syscall.split(' ').next().unwrap_or("?");
+        out.push_str(&format!(
+            " {}[{}] {state} {} {syscall};",
+            read(&tid, "comm"),
+            tid,
+            read(&tid, "wchan"),
+        ));
+    }
+    out.push(')');
+    out
 }
 
 /// Polls until every member lists exactly every other member; the time it took. Panics
