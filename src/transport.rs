@@ -16,13 +16,16 @@ const FRAMING_SLACK: usize = 4096;
 /// twice the envelope limit by closing the connection before reserving memory for it
 /// (upstream would reserve whatever a frame header announces). Up to twice the limit, a
 /// message still reaches the node, which answers it TOO_LARGE or drops and counts it.
+/// A request or reply that nothing is queued before goes on the wire from the task that
+/// sends it, without a hop to the connection's writer task (`direct_writes`).
 pub(crate) fn listen_options(max_message_size: usize) -> SocketOptions {
     let mut o = SocketOptions::default();
     o.max_message_size(
         max_message_size
             .saturating_mul(2)
             .saturating_add(FRAMING_SLACK),
-    );
+    )
+    .direct_writes(true);
     o
 }
 

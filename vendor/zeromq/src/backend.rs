@@ -2,7 +2,7 @@ use crate::async_rt;
 use crate::codec::{FramedIo, Message, ZmqFramedRead};
 use crate::fair_queue::QueueInner;
 use crate::util::PeerIdentity;
-use crate::write_queue::write_message_queue;
+use crate::write_queue::{write_direct_queue, write_message_queue, Direct};
 use crate::{
     MultiPeerBackend, SocketBackend, SocketEvent, SocketOptions, SocketType, ZmqError, ZmqResult,
 };
@@ -23,12 +23,16 @@ const PEER_SEND_QUEUE_CAPACITY: usize = 100_000;
 
 pub(crate) struct Peer {
     pub(crate) send_queue: mpsc::Sender<Message>,
+    /// The connection, for senders that write to it directly (PATCHES.md, 11); every
+    /// push into `send_queue` is counted in it.
+    pub(crate) direct: Option<Arc<Direct>>,
 }
 
 #[derive(Clone)]
 struct SinglePeer {
     peer_id: PeerIdentity,
     send_queue: mpsc::Sender<Message>,
+    direct: Option<Arc<Direct>>,
 }
 
 enum CachedSend {
@@ -36,11 +40,12 @@ enum CachedSend {
     Full {
         peer_id: PeerIdentity,
         send_queue: mpsc::Sender<Message>,
+        direct: Option<Arc<Direct>>,
         message: Message,
     },
     Disconnected {
         peer_id: PeerIdentity,
-        error: mpsc::SendError,
+        error: ZmqError,
     },
     Miss(Message),
 }
@@ -102,7 +107,7 @@ impl GenericSocketBackend {
 
     pub(crate) async fn send_round_robin(&self, message: Message) -> ZmqResult<()> {
         let message = match self
-            .finish_cached_send(self.try_send_cached_single_peer(message, None))
+            .finish_cached_send(self.try_send_cached_single_peer(message, None, false))
             .await?
         {
             SendResolution::Sent => return Ok(()),
@@ -133,7 +138,7 @@ impl GenericSocketBackend {
                 },
             };
             let send_result = match self.peers.get_async(&next_peer_id).await {
-                Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
+                Some(mut peer) => { let peer = &mut *peer; send_to_peer_queue(&mut peer.send_queue, peer.direct.as_deref(), message).await }
                 None => continue,
             };
             return match send_result {
@@ -155,7 +160,7 @@ impl GenericSocketBackend {
         message: Message,
     ) -> ZmqResult<()> {
         let message = match self
-            .finish_cached_send(self.try_send_cached_single_peer(message, Some(peer_id)))
+            .finish_cached_send(self.try_send_cached_single_peer(message, Some(peer_id), false))
             .await?
         {
             SendResolution::Sent => return Ok(()),
@@ -163,7 +168,7 @@ impl GenericSocketBackend {
         };
 
         let send_result = match self.peers.get_async(peer_id).await {
-            Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
+            Some(mut peer) => { let peer = &mut *peer; send_to_peer_queue(&mut peer.send_queue, peer.direct.as_deref(), message).await }
             None => return Err(ZmqError::Other("Destination client not found by identity")),
         };
         match send_result {
@@ -184,21 +189,24 @@ impl GenericSocketBackend {
         message: Message,
         expected_peer_id: Option<&PeerIdentity>,
     ) -> ZmqResult<Option<Message>> {
-        match self.try_send_cached_single_peer(message, expected_peer_id) {
+        match self.try_send_cached_single_peer(message, expected_peer_id, true) {
             CachedSend::Sent => Ok(None),
             CachedSend::Full { message, .. } => Ok(Some(message)),
             CachedSend::Miss(message) => Ok(Some(message)),
             CachedSend::Disconnected { peer_id, error } => {
                 self.peer_disconnected(&peer_id);
-                Err(error.into())
+                Err(error)
             }
         }
     }
 
+    /// With `direct`, the message is written to the connection from here when nothing
+    /// is queued before it (PATCHES.md, 11), else queued.
     fn try_send_cached_single_peer(
         &self,
         message: Message,
         expected_peer_id: Option<&PeerIdentity>,
+        direct: bool,
     ) -> CachedSend {
         if self.peer_count.load(Ordering::Acquire) != 1 {
             return CachedSend::Miss(message);
@@ -215,16 +223,36 @@ impl GenericSocketBackend {
             }
         }
 
+        let message = match (direct, single_peer.direct.as_deref()) {
+            (true, Some(connection)) => match connection.try_write(message) {
+                Ok(None) => return CachedSend::Sent,
+                Ok(Some(message)) => message,
+                Err(error) => {
+                    return CachedSend::Disconnected {
+                        peer_id: single_peer.peer_id.clone(),
+                        error: error.into(),
+                    }
+                }
+            },
+            _ => message,
+        };
+        let queueing = single_peer.direct.as_deref().map(Direct::queueing);
         match single_peer.send_queue.try_send(message) {
-            Ok(()) => CachedSend::Sent,
+            Ok(()) => {
+                if let Some(q) = queueing {
+                    q.pushed();
+                }
+                CachedSend::Sent
+            }
             Err(error) if error.is_full() => CachedSend::Full {
                 peer_id: single_peer.peer_id.clone(),
                 send_queue: single_peer.send_queue.clone(),
+                direct: single_peer.direct.clone(),
                 message: error.into_inner(),
             },
             Err(error) => CachedSend::Disconnected {
                 peer_id: single_peer.peer_id.clone(),
-                error: error.into_send_error(),
+                error: error.into_send_error().into(),
             },
         }
     }
@@ -235,8 +263,9 @@ impl GenericSocketBackend {
             CachedSend::Full {
                 peer_id,
                 mut send_queue,
+                direct,
                 message,
-            } => match send_queue.send(message).await {
+            } => match send_to_peer_queue(&mut send_queue, direct.as_deref(), message).await {
                 Ok(()) => Ok(SendResolution::Sent),
                 Err(e) => {
                     self.peer_disconnected(&peer_id);
@@ -245,7 +274,7 @@ impl GenericSocketBackend {
             },
             CachedSend::Disconnected { peer_id, error } => {
                 self.peer_disconnected(&peer_id);
-                Err(error.into())
+                Err(error)
             }
             CachedSend::Miss(message) => Ok(SendResolution::Miss(message)),
         }
@@ -260,6 +289,7 @@ impl GenericSocketBackend {
             *single_peer = self.peers.begin_sync().map(|peer| SinglePeer {
                 peer_id: peer.key().clone(),
                 send_queue: peer.send_queue.clone(),
+                direct: peer.direct.clone(),
             });
         } else {
             *single_peer = None;
@@ -267,15 +297,29 @@ impl GenericSocketBackend {
     }
 }
 
+/// How a peer's writer task gets at its connection.
+enum Writer {
+    /// Shared with senders that write directly (`SocketOptions::direct_writes`).
+    Direct(Arc<Direct>),
+    /// Its own (upstream).
+    Queue(crate::codec::ZmqFramedWrite),
+}
+
 async fn send_to_peer_queue(
     send_queue: &mut mpsc::Sender<Message>,
+    direct: Option<&Direct>,
     message: Message,
 ) -> Result<(), mpsc::SendError> {
-    match send_queue.try_send(message) {
+    let queueing = direct.map(Direct::queueing);
+    let pushed = match send_queue.try_send(message) {
         Ok(()) => Ok(()),
         Err(error) if error.is_full() => send_queue.send(error.into_inner()).await,
         Err(error) => Err(error.into_send_error()),
+    };
+    if let (Ok(()), Some(q)) = (&pushed, queueing) {
+        q.pushed();
     }
+    pushed
 }
 
 impl SocketBackend for GenericSocketBackend {
@@ -308,11 +352,18 @@ impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
+        let (direct, writer) = if self.socket_options.direct_writes {
+            let direct = Arc::new(Direct::new(send_queue));
+            (Some(direct.clone()), Writer::Direct(direct))
+        } else {
+            (None, Writer::Queue(send_queue))
+        };
         self.peers
             .upsert_async(
                 peer_id.clone(),
                 Peer {
                     send_queue: queue_sender,
+                    direct,
                 },
             )
             .await;
@@ -320,7 +371,11 @@ impl MultiPeerBackend for GenericSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+            let written = match writer {
+                Writer::Direct(direct) => write_direct_queue(queue_receiver, direct).await,
+                Writer::Queue(sink) => write_message_queue(queue_receiver, sink).await,
+            };
+            if let Err(error) = written {
                 log::debug!(
                     "Error sending message to peer {:?}: {:?}",
                     writer_peer_id,
@@ -389,7 +444,7 @@ mod tests {
         let (send_queue, recv_queue) = mpsc::channel(8);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer { send_queue, direct: None })
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -473,7 +528,7 @@ mod tests {
             .expect("prefill peer queue");
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer { send_queue, direct: None })
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -504,7 +559,7 @@ mod tests {
         drop(recv_queue);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(peer_id.clone(), Peer { send_queue, direct: None })
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());

@@ -71,7 +71,7 @@ pub mod __bench {
                 let (send_queue, recv_queue) = mpsc::channel(queue_capacity);
                 backend
                     .peers
-                    .upsert_async(peer_id.clone(), Peer { send_queue })
+                    .upsert_async(peer_id.clone(), Peer { send_queue, direct: None })
                     .await;
                 backend.round_robin.push(peer_id);
                 receivers.push(recv_queue);
@@ -358,6 +358,7 @@ pub struct SocketOptions {
     // mlmesh patch: bounds on what a peer can make this socket hold.
     pub(crate) send_queue_capacity: Option<usize>,
     pub(crate) max_message_size: Option<usize>,
+    pub(crate) direct_writes: bool,
 }
 
 impl Default for SocketOptions {
@@ -370,6 +371,7 @@ impl Default for SocketOptions {
             read_buffer_short_reads: 2,
             send_queue_capacity: None,
             max_message_size: None,
+            direct_writes: false,
         }
     }
 }
@@ -423,6 +425,15 @@ impl SocketOptions {
         self.read_buffer_initial_size = initial_size;
         self.read_buffer_max_size = max_size;
         self.read_buffer_short_reads = short_reads;
+        self
+    }
+
+    /// mlmesh patch (PATCHES.md, 11): `try_send` on a DEALER or ROUTER send half writes
+    /// the message to the connection from the calling task when nothing is queued
+    /// before it and the connection's writer task is not writing, instead of handing it
+    /// to that task. Off by default: the queued path then pays nothing for it.
+    pub fn direct_writes(&mut self, on: bool) -> &mut Self {
+        self.direct_writes = on;
         self
     }
 
@@ -716,3 +727,4 @@ pub mod prelude {
 
     pub use crate::{Socket, SocketRecv, SocketSend, TryIntoEndpoint};
 }
+

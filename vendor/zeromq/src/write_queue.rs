@@ -1,7 +1,13 @@
 use crate::codec::{CodecResult, Message, ZmqFramedWrite};
 
 use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
+use futures::lock::Mutex;
+use futures::task::AtomicWaker;
+use futures::{Sink, SinkExt, StreamExt};
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 const WRITE_BATCH_LIMIT: usize = 128;
 
@@ -44,9 +50,139 @@ pub(crate) async fn write_message_queue_counted(
     Ok(())
 }
 
+/// mlmesh patch (PATCHES.md, 11): a peer's connection that a sender may write to itself.
+///
+/// A peer's messages normally go through its queue to its writer task, which puts them
+/// on the wire: a task hop per message, and a message sent from a task that keeps its
+/// worker busy waits until that task yields. [`Direct::try_write`] writes a message from
+/// the sending task instead, when nothing is queued before it and the writer task is not
+/// writing; otherwise the caller queues it as before. Order is kept: a message is
+/// written directly only when no queued message is waiting to be written.
+pub(crate) struct Direct {
+    sink: Mutex<ZmqFramedWrite>,
+    /// Messages pushed (or being pushed) into the queue and not yet written: raised
+    /// before a push ([`Direct::queueing`]), lowered by the writer task after it wrote them.
+    queued: AtomicUsize,
+    /// A direct write left bytes buffered (the socket was full): the writer task must
+    /// flush them.
+    unflushed: AtomicBool,
+    writer: AtomicWaker,
+}
+
+impl Direct {
+    pub(crate) fn new(sink: ZmqFramedWrite) -> Self {
+        Self {
+            sink: Mutex::new(sink),
+            queued: AtomicUsize::new(0),
+            unflushed: AtomicBool::new(false),
+            writer: AtomicWaker::new(),
+        }
+    }
+
+    /// Counts a message about to be pushed into the peer's queue; the returned guard
+    /// takes the count back unless [`Queueing::pushed`] says the push succeeded.
+    pub(crate) fn queueing(&self) -> Queueing<'_> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        Queueing(Some(self))
+    }
+
+    /// Writes `message` to the connection now if nothing is queued before it and the
+    /// writer task is not writing. `Ok(None)`: written (or buffered, for the writer task to
+    /// flush); `Ok(Some(message))`: not written, to be queued. `Err`: the connection failed.
+    pub(crate) fn try_write(&self, message: Message) -> CodecResult<Option<Message>> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Ok(Some(message));
+        }
+        let Some(mut sink) = self.sink.try_lock() else {
+            return Ok(Some(message));
+        };
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Ok(Some(message));
+        }
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut sink = Pin::new(&mut *sink);
+        match sink.as_mut().poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok(Some(message)),
+        }
+        sink.as_mut().start_send(message)?;
+        match sink.as_mut().poll_flush(&mut cx) {
+            Poll::Ready(result) => result.map(|()| None),
+            Poll::Pending => {
+                self.unflushed.store(true, Ordering::Release);
+                self.writer.wake();
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// A message counted in [`Direct::queued`] while it is being pushed.
+pub(crate) struct Queueing<'a>(Option<&'a Direct>);
+
+impl Queueing<'_> {
+    pub(crate) fn pushed(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Queueing<'_> {
+    fn drop(&mut self) {
+        if let Some(direct) = self.0 {
+            direct.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// [`write_message_queue`] for a connection that senders may also write directly
+/// ([`Direct`]): the sink is locked while the task writes, and it also flushes what a
+/// direct write left buffered.
+pub(crate) async fn write_direct_queue(
+    mut queue_receiver: mpsc::Receiver<Message>,
+    direct: std::sync::Arc<Direct>,
+) -> CodecResult<()> {
+    enum Next {
+        Message(Message),
+        Flush,
+    }
+    loop {
+        let next = futures::future::poll_fn(|cx| {
+            direct.writer.register(cx.waker());
+            if direct.unflushed.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(Some(Next::Flush));
+            }
+            queue_receiver
+                .poll_next_unpin(cx)
+                .map(|m| m.map(Next::Message))
+        })
+        .await;
+        let mut sink = direct.sink.lock().await;
+        let mut fed = 0;
+        match next {
+            None => return Ok(()),
+            Some(Next::Flush) => {}
+            Some(Next::Message(message)) => {
+                sink.feed(message).await?;
+                fed = 1;
+                while fed < WRITE_BATCH_LIMIT {
+                    match queue_receiver.try_recv() {
+                        Ok(message) => sink.feed(message).await?,
+                        Err(_) => break,
+                    }
+                    fed += 1;
+                }
+            }
+        }
+        sink.flush().await?;
+        direct.queued.fetch_sub(fed, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     mod batch_boundaries;
+    mod direct;
 
     use super::*;
     use crate::codec::{CodecError, ZmqCodec};
