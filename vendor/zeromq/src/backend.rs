@@ -138,7 +138,10 @@ impl GenericSocketBackend {
                 },
             };
             let send_result = match self.peers.get_async(&next_peer_id).await {
-                Some(mut peer) => { let peer = &mut *peer; send_to_peer_queue(&mut peer.send_queue, peer.direct.as_deref(), message).await }
+                Some(mut peer) => {
+                    let peer = &mut *peer;
+                    send_to_peer_queue(&mut peer.send_queue, peer.direct.as_deref(), message).await
+                }
                 None => continue,
             };
             return match send_result {
@@ -168,7 +171,10 @@ impl GenericSocketBackend {
         };
 
         let send_result = match self.peers.get_async(peer_id).await {
-            Some(mut peer) => { let peer = &mut *peer; send_to_peer_queue(&mut peer.send_queue, peer.direct.as_deref(), message).await }
+            Some(mut peer) => {
+                let peer = &mut *peer;
+                send_to_peer_queue(&mut peer.send_queue, peer.direct.as_deref(), message).await
+            }
             None => return Err(ZmqError::Other("Destination client not found by identity")),
         };
         match send_result {
@@ -212,8 +218,8 @@ impl GenericSocketBackend {
             return CachedSend::Miss(message);
         }
 
-        let mut single_peer = self.single_peer.lock();
-        let Some(single_peer) = single_peer.as_mut() else {
+        let mut guard = self.single_peer.lock();
+        let Some(single_peer) = guard.as_mut() else {
             return CachedSend::Miss(message);
         };
 
@@ -223,19 +229,21 @@ impl GenericSocketBackend {
             }
         }
 
-        let message = match (direct, single_peer.direct.as_deref()) {
-            (true, Some(connection)) => match connection.try_write(message) {
-                Ok(None) => return CachedSend::Sent,
-                Ok(Some(message)) => message,
-                Err(error) => {
-                    return CachedSend::Disconnected {
-                        peer_id: single_peer.peer_id.clone(),
-                        error: error.into(),
-                    }
+        if let (true, Some(connection)) = (direct, single_peer.direct.clone()) {
+            // Written without the cache's lock: the write is a system call.
+            let peer_id = single_peer.peer_id.clone();
+            drop(guard);
+            return match connection.try_write(message) {
+                Ok(None) => CachedSend::Sent,
+                Ok(Some(message)) => {
+                    self.try_send_cached_single_peer(message, expected_peer_id, false)
                 }
-            },
-            _ => message,
-        };
+                Err(error) => CachedSend::Disconnected {
+                    peer_id,
+                    error: error.into(),
+                },
+            };
+        }
         let queueing = single_peer.direct.as_deref().map(Direct::queueing);
         match single_peer.send_queue.try_send(message) {
             Ok(()) => {
@@ -444,7 +452,13 @@ mod tests {
         let (send_queue, recv_queue) = mpsc::channel(8);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue, direct: None })
+            .upsert_async(
+                peer_id.clone(),
+                Peer {
+                    send_queue,
+                    direct: None,
+                },
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -528,7 +542,13 @@ mod tests {
             .expect("prefill peer queue");
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue, direct: None })
+            .upsert_async(
+                peer_id.clone(),
+                Peer {
+                    send_queue,
+                    direct: None,
+                },
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -559,7 +579,13 @@ mod tests {
         drop(recv_queue);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue, direct: None })
+            .upsert_async(
+                peer_id.clone(),
+                Peer {
+                    send_queue,
+                    direct: None,
+                },
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());

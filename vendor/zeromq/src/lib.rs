@@ -71,7 +71,13 @@ pub mod __bench {
                 let (send_queue, recv_queue) = mpsc::channel(queue_capacity);
                 backend
                     .peers
-                    .upsert_async(peer_id.clone(), Peer { send_queue, direct: None })
+                    .upsert_async(
+                        peer_id.clone(),
+                        Peer {
+                            send_queue,
+                            direct: None,
+                        },
+                    )
                     .await;
                 backend.round_robin.push(peer_id);
                 receivers.push(recv_queue);
@@ -727,4 +733,3 @@ pub mod prelude {
 
     pub use crate::{Socket, SocketRecv, SocketSend, TryIntoEndpoint};
 }
-

@@ -1,8 +1,7 @@
 //! `SocketOptions::direct_writes` (mlmesh patch, PATCHES.md 11) over real TCP sockets.
 
 use crate::{
-    async_rt, DealerSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend,
-    ZmqMessage,
+    async_rt, DealerSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
 };
 use std::time::Duration;
 
