@@ -17,7 +17,8 @@ const FRAMING_SLACK: usize = 4096;
 /// (upstream would reserve whatever a frame header announces). Up to twice the limit, a
 /// message still reaches the node, which answers it TOO_LARGE or drops and counts it.
 /// A request or reply that nothing is queued before goes on the wire from the task that
-/// sends it, without a hop to the connection's writer task (`direct_writes`).
+/// sends it, without a hop to the connection's writer task (`direct_writes`; the PUB and
+/// SUB sockets made with these options ignore it).
 pub(crate) fn listen_options(max_message_size: usize) -> SocketOptions {
     let mut o = SocketOptions::default();
     o.max_message_size(
