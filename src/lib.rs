@@ -15,7 +15,8 @@
 //!   (`discovery::rejoin`).
 //! - `transport`: the bounded publish queue in front of PUB, a SUB per peer, the
 //!   ROUTER server with bounded concurrency, a DEALER client per peer.
-//! - `rpc`: routing (least outstanding), deadlines, retries, broadcast.
+//! - `rpc`: routing (least outstanding), deadlines, retries, broadcast, and request
+//!   streams ([`RequestStream`]: many requests in flight from one task).
 //! - `events`: pattern subscriptions, bounded streams and sequence-gap counting.
 //! - [`clients`]: typed clients of the standard families (`tracking/1`, `registry/1`).
 //!
@@ -63,6 +64,7 @@ pub use node::{
     IMPLEMENTATION,
 };
 pub use peers::{LeftReason, PeerEvent, PeerInfo, PeerState, Via};
+pub use rpc::{RequestStream, StreamOptions, StreamReply};
 
 pub use mlmesh_protocol as protocol;
 pub use mlmesh_protocol::{Code, MessageId, NodeId, Status, Topic};

@@ -24,6 +24,7 @@ use crate::config::{Config, ConfigError, Overflow};
 use crate::events::{Subscription, Subscriptions};
 use crate::handler::{Ctx, ErasedHandler, Raw, Reply, Typed};
 use crate::peers::{PeerEvent, PeerInfo, PeerTable};
+use crate::rpc::{RequestStream, StreamOptions};
 use crate::transport::client::Clients;
 use crate::transport::publisher::{Offer, Outbox, Outgoing};
 use crate::{discovery, rpc, transport, FastMap};
@@ -884,6 +885,42 @@ impl NodeHandle {
             Status::error(mlmesh_protocol::Code::InvalidArgument, e.to_string()).with_field("type")
         })?;
         rpc::call(&self.inner, &self.clone(), topic, data, options).await
+    }
+
+    /// A stream of requests to `topic`, many in flight from one task: `send` queues a
+    /// request and returns its id, `next` sends what was queued and returns the answers
+    /// as they come. For many requests at once, where a future per call (as
+    /// [`NodeHandle::request`] makes) would cost more than the request; see
+    /// [`RequestStream`].
+    ///
+    /// ```no_run
+    /// # async fn run(node: mlmesh::NodeHandle) -> Result<(), mlmesh::Status> {
+    /// use mlmesh::StreamOptions;
+    /// let mut stream = node.request_stream("math.square", StreamOptions::default())?;
+    /// let mut next = 0..10_000u64;
+    /// let mut sum = 0;
+    /// // Fill the window, then send one more per answer.
+    /// while stream.in_flight() < stream.window() {
+    ///     let Some(x) = next.next() else { break };
+    ///     stream.send(&x)?;
+    /// }
+    /// while let Some(answer) = stream.next::<u64>().await {
+    ///     sum += answer.result?;
+    ///     if let Some(x) = next.next() {
+    ///         stream.send(&x)?;
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn request_stream(
+        &self,
+        topic: impl IntoTopic,
+        options: StreamOptions,
+    ) -> Result<RequestStream, Status> {
+        let topic = topic.into_topic().map_err(|e| {
+            Status::error(mlmesh_protocol::Code::InvalidArgument, e.to_string()).with_field("type")
+        })?;
+        RequestStream::new(self, topic, options)
     }
 
     /// Sends one instruction to every live provider and gathers each one's ack (or

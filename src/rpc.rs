@@ -12,13 +12,18 @@ use mlmesh_protocol::{Body, Code, Envelope, MessageId, NodeId, Status, Topic, PR
 use crate::handler::Ctx;
 use crate::node::{bump, Ack, CallOptions, Inner, NodeHandle};
 use crate::peers::Liveness;
+use crate::transport::client::PeerClient;
 use crate::transport::server::{run_handler, Slot};
+
+mod stream;
+
+pub use stream::{RequestStream, StreamOptions, StreamReply};
 
 /// Attempts per call, the first included.
 const MAX_ATTEMPTS: usize = 3;
 
 /// Where one attempt goes.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Provider {
     Local,
     Remote {
@@ -107,15 +112,17 @@ pub(crate) async fn call(
             Err(status) => return Err(status),
         }
     }
-    Err(last.unwrap_or_else(|| {
-        Status::error(
-            Code::NoResponders,
-            format!(
-                "no live node in mesh {} serves {topic}",
-                inner.config.node.mesh
-            ),
-        )
-    }))
+    Err(last.unwrap_or_else(|| no_responders(inner, &topic)))
+}
+
+fn no_responders(inner: &Inner, topic: &Topic) -> Status {
+    Status::error(
+        Code::NoResponders,
+        format!(
+            "no live node in mesh {} serves {topic}",
+            inner.config.node.mesh
+        ),
+    )
 }
 
 pub(crate) async fn broadcast(
@@ -132,13 +139,7 @@ pub(crate) async fn broadcast(
     let deadline = start + deadline.unwrap_or_else(|| inner.config.default_deadline());
     let providers = providers(inner, &topic);
     if providers.is_empty() {
-        return Err(Status::error(
-            Code::NoResponders,
-            format!(
-                "no live node in mesh {} serves {topic}",
-                inner.config.node.mesh
-            ),
-        ));
+        return Err(no_responders(inner, &topic));
     }
     let time = mlmesh_protocol::now_nanos();
     let id = MessageId::at(time);
@@ -326,24 +327,27 @@ async fn call_one(
                 };
                 inner.codec.encode(&env).map_err(|e| e.to_status())?
             };
-            let cached = live.client.get().filter(|c| c.serves(endpoint));
-            let client = match cached {
-                Some(c) => c.clone(),
-                None => {
-                    let timeout =
-                        std::time::Duration::from_millis(inner.config.limits.connect_timeout_ms);
-                    let c = inner
-                        .clients
-                        .get(endpoint, inner.codec, timeout, &inner.cancel);
-                    let _ = live.client.set(c.clone());
-                    c
-                }
-            };
-            let answer = client.call(id, frame, deadline, *batch).await?;
+            let answer = client(inner, endpoint, live)
+                .call(id, frame, deadline, *batch)
+                .await?;
             live.touch();
             answer
         }
     }
+}
+
+/// The client of a remote provider's endpoint: the one its liveness keeps while it
+/// serves that endpoint, else the node's (started on first use).
+fn client(inner: &Inner, endpoint: &str, live: &Liveness) -> Arc<PeerClient> {
+    if let Some(c) = live.client.get().filter(|c| c.serves(endpoint)) {
+        return c.clone();
+    }
+    let timeout = Duration::from_millis(inner.config.limits.connect_timeout_ms);
+    let c = inner
+        .clients
+        .get(endpoint, inner.codec, timeout, &inner.cancel);
+    let _ = live.client.set(c.clone());
+    c
 }
 
 /// Runs an instruction on this node's own handler, without the network but under the

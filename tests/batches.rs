@@ -1,7 +1,7 @@
 //! Request and reply batches (SPEC 5.3): a node that advertises `batch` serves every
 //! envelope of a request batch once and rejects a batch that does not decode as one bad
 //! request; two nodes batch the calls they pipeline; and a node never sends a batch to a
-//! provider that did not advertise batches.
+//! provider that did not advertise batches, from calls or from a request stream.
 //!
 //! The raw clients are zmq.rs DEALERs, so that they can send what no node would.
 
@@ -318,10 +318,30 @@ async fn a_provider_that_does_not_advertise_batches_never_gets_one() {
         })
         .collect();
     assert_eq!(answered.len(), 500);
+    // A request stream, 100 in flight, sends them one per message too.
+    let mut stream = b
+        .request_stream(&t, mlmesh::StreamOptions::default().window(100))
+        .expect("a stream");
+    let mut answered = HashSet::new();
+    let mut next = 0..500u32;
+    within("500 requests of a stream, 100 in flight", WAIT, async {
+        for i in next.by_ref().take(100) {
+            stream.send(&i).expect("queued");
+        }
+        while let Some(answer) = stream.next::<u32>().await {
+            assert!(answered.insert(answer.result.expect("echoed")));
+            if let Some(i) = next.next() {
+                stream.send(&i).expect("queued");
+            }
+        }
+    })
+    .await;
+    assert_eq!(answered.len(), 500);
     assert!(
         !saw_batch.load(Ordering::Relaxed),
         "a batch went to a provider without `batch`"
     );
+    drop(stream);
     b.shutdown().await;
     server.abort();
     drop(publisher);

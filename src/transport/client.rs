@@ -37,13 +37,31 @@ use mlmesh_protocol::{is_batch, Body, Code, Codec, Envelope, MessageId, Status, 
 /// Requests queued towards one endpoint while it is not connected.
 const QUEUE: usize = 1024;
 
+/// Most bytes of envelopes in one request batch (and never more than the frame limit).
+pub(crate) const BATCH_BYTES: usize = 64 * 1024;
+
 /// What a provider answered: its reply payload, or the error status it replied with.
 pub(crate) type Answer = Result<Bytes, Status>;
 
-/// A call waiting for its reply: `Err` when its deadline passes first.
+/// An answer to a request of a stream: its id, and its reply or why there is none.
+pub(crate) type StreamAnswer = (MessageId, Result<Answer, Status>);
+
+/// Where a stream's answers go: a chunk per reply frame (the replies of one batch
+/// together). Unbounded here; the stream bounds it by its window (it sends no more
+/// requests than it has room for answers).
+pub(crate) type Sink = mpsc::UnboundedSender<Vec<StreamAnswer>>;
+
+/// Who waits for a reply: one call, or a stream of requests.
+#[derive(Debug)]
+enum ReplyTo {
+    Call(oneshot::Sender<Result<Answer, Status>>),
+    Stream(Sink),
+}
+
+/// A request waiting for its reply: `Err` when its deadline passes first.
 #[derive(Debug)]
 struct Waiting {
-    reply: oneshot::Sender<Result<Answer, Status>>,
+    reply: ReplyTo,
     /// The deadline, in whole milliseconds (rounded up) since the client's `epoch`.
     deadline_ms: u64,
     /// [`Shared::replies`] when the request was sent.
@@ -51,6 +69,20 @@ struct Waiting {
 }
 
 type Pending = Mutex<HashMap<MessageId, Waiting, IdHash>>;
+
+impl Waiting {
+    /// Answers the request `id` (whoever takes it out of `pending` answers it, once).
+    fn answer(self, id: MessageId, result: Result<Answer, Status>) {
+        match self.reply {
+            ReplyTo::Call(tx) => {
+                let _ = tx.send(result);
+            }
+            ReplyTo::Stream(sink) => {
+                let _ = sink.send(vec![(id, result)]);
+            }
+        }
+    }
+}
 
 /// What a client and its supervisor task share.
 #[derive(Debug)]
@@ -257,7 +289,7 @@ impl PeerClient {
             pending.insert(
                 id,
                 Waiting {
-                    reply: reply_tx,
+                    reply: ReplyTo::Call(reply_tx),
                     deadline_ms,
                     replies_before,
                 },
@@ -293,6 +325,58 @@ impl PeerClient {
 
     fn timed_out(&self, replies_before: u64) -> Status {
         self.shared.timed_out(replies_before)
+    }
+
+    /// Sends one frame of a stream's requests (one request, or a batch: SPEC 5.3) whose
+    /// answers go to `sink`. Each request is answered there once: by its reply, by
+    /// DEADLINE_EXCEEDED at its deadline, or by what kept it from being sent or answered.
+    /// Never waits: without a connection (or room on it), a task of its own waits for
+    /// one until the last of the deadlines.
+    pub(crate) fn send_stream(&self, frame: Bytes, requests: &[(MessageId, Instant)], sink: &Sink) {
+        let shared = &self.shared;
+        let replies_before = shared.replies.load(Ordering::Relaxed);
+        let (mut earliest, mut latest) = (u64::MAX, Instant::now());
+        {
+            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for &(id, deadline) in requests {
+                let deadline_ms = shared.ms_since_epoch(deadline, true);
+                earliest = earliest.min(deadline_ms);
+                latest = latest.max(deadline);
+                let reply = ReplyTo::Stream(sink.clone());
+                pending.insert(
+                    id,
+                    Waiting {
+                        reply,
+                        deadline_ms,
+                        replies_before,
+                    },
+                );
+            }
+        }
+        if shared.armed_ms.fetch_min(earliest, Ordering::AcqRel) > earliest {
+            shared.expire.notify_one();
+        }
+        let mut msg = ZmqMessage::from(Bytes::new());
+        msg.push_back(frame);
+        let status = match send_now(shared, msg) {
+            Ok(None) => return,
+            Err(status) => status,
+            Ok(Some(msg)) => {
+                let (shared, queue) = (shared.clone(), self.queue.clone());
+                let ids: Vec<MessageId> = requests.iter().map(|(id, _)| *id).collect();
+                let until = tokio::time::Instant::from_std(latest);
+                tokio::spawn(async move {
+                    // Past the last deadline every request was answered already.
+                    if let Ok(Err(status)) =
+                        tokio::time::timeout_at(until, send(&shared, &queue, msg)).await
+                    {
+                        shared.fail(ids.iter().copied(), &status);
+                    }
+                });
+                return;
+            }
+        };
+        shared.fail(requests.iter().map(|(id, _)| *id), &status);
     }
 }
 
@@ -361,6 +445,18 @@ impl Shared {
         )
     }
 
+    /// Answers the requests `ids` that still wait with `status` (they were not sent).
+    fn fail(&self, ids: impl Iterator<Item = MessageId>, status: &Status) {
+        let failed: Vec<(MessageId, Waiting)> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            ids.filter_map(|id| pending.remove(&id).map(|w| (id, w)))
+                .collect()
+        };
+        for (id, w) in failed {
+            w.answer(id, Err(status.clone()));
+        }
+    }
+
     fn set_connection(&self, half: Option<DealerSendHalf>) {
         *self.connection.write().unwrap_or_else(|e| e.into_inner()) = half.map(DealerSendHalfDebug);
     }
@@ -400,15 +496,16 @@ impl Drop for RemoveOnDrop<'_> {
 }
 
 fn fail_all(pending: &Pending, why: &str) {
-    // Dropping the senders wakes every waiter with `lost()` (CANCELLED).
-    let n = {
-        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-        let n = p.len();
-        p.clear();
-        n
-    };
-    if n > 0 {
-        tracing::debug!(waiters = n, "{why}");
+    let all: Vec<(MessageId, Waiting)> = pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    if !all.is_empty() {
+        tracing::debug!(waiters = all.len(), "{why}");
+    }
+    for (id, w) in all {
+        w.answer(id, Err(lost()));
     }
 }
 
@@ -519,16 +616,15 @@ async fn expire(shared: Arc<Shared>) {
         let now_ms = shared.ms_since_epoch(Instant::now(), false);
         let (expired, next) = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let expired: Vec<Waiting> = pending
-                .extract_if(|_, w| w.deadline_ms <= now_ms)
-                .map(|(_, w)| w)
-                .collect();
+            let expired: Vec<(MessageId, Waiting)> =
+                pending.extract_if(|_, w| w.deadline_ms <= now_ms).collect();
             let next = pending.values().map(|w| w.deadline_ms).min();
             (expired, next.unwrap_or(u64::MAX))
         };
         shared.armed_ms.fetch_min(next, Ordering::AcqRel);
-        for w in expired {
-            let _ = w.reply.send(Err(shared.timed_out(w.replies_before)));
+        for (id, w) in expired {
+            let status = shared.timed_out(w.replies_before);
+            w.answer(id, Err(status));
         }
     }
 }
@@ -558,9 +654,9 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
         match codec.decode_with(body, resolve) {
             Ok(env) => {
                 let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((w, answer)) = answer(&mut waiting, env, topic) {
+                if let Some((id, w, answer)) = answer(&mut waiting, env, topic) {
                     drop(waiting);
-                    let _ = w.reply.send(Ok(answer));
+                    w.answer(id, Ok(answer));
                 }
             }
             Err(e) => tracing::debug!(error = %e, "undecodable reply dropped"),
@@ -580,17 +676,35 @@ fn deliver(codec: &Codec, pending: &Pending, msg: ZmqMessage, topic: &mut Option
             .filter_map(|env| answer(&mut waiting, env, topic))
             .collect()
     };
-    for (w, answer) in answers {
-        let _ = w.reply.send(Ok(answer));
+    // A stream's replies go to it as one chunk per run of them (one wake of the
+    // stream's owner per batch, not per reply).
+    let mut run: Option<(Sink, Vec<StreamAnswer>)> = None;
+    for (id, w, answer) in answers {
+        match w.reply {
+            ReplyTo::Call(tx) => {
+                let _ = tx.send(Ok(answer));
+            }
+            ReplyTo::Stream(sink) => match &mut run {
+                Some((to, chunk)) if to.same_channel(&sink) => chunk.push((id, Ok(answer))),
+                _ => {
+                    if let Some((to, chunk)) = run.replace((sink, vec![(id, Ok(answer))])) {
+                        let _ = to.send(chunk);
+                    }
+                }
+            },
+        }
+    }
+    if let Some((to, chunk)) = run {
+        let _ = to.send(chunk);
     }
 }
 
-/// The waiting call a reply answers (taken out of `pending`), and its answer.
+/// The request a reply answers, its waiter (taken out of `pending`), and its answer.
 fn answer(
     pending: &mut HashMap<MessageId, Waiting, IdHash>,
     env: Envelope,
     topic: &mut Option<Topic>,
-) -> Option<(Waiting, Answer)> {
+) -> Option<(MessageId, Waiting, Answer)> {
     let Envelope {
         topic: reply_topic,
         body: Body::Reply { re, status },
@@ -609,5 +723,5 @@ fn answer(
     } else {
         Err(status)
     };
-    Some((w, answer))
+    Some((re, w, answer))
 }

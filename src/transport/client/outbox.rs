@@ -8,10 +8,7 @@ use mlmesh_protocol::{BatchBuf, MessageId};
 use tokio::sync::mpsc;
 use zeromq::ZmqMessage;
 
-use super::{send, send_now, Shared, Waiting};
-
-/// Most bytes of envelopes in one request batch (and never more than the frame limit).
-const BATCH_BYTES: usize = 64 * 1024;
+use super::{send, send_now, Shared, BATCH_BYTES};
 
 /// Requests made while others were in flight, to a provider that accepts batches.
 #[derive(Debug)]
@@ -60,12 +57,7 @@ pub(super) async fn send_batches(shared: Arc<Shared>, queue: mpsc::Sender<ZmqMes
             Err(status) => Err(status),
         };
         if let Err(status) = sent {
-            let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let failed: Vec<Waiting> = ids.iter().filter_map(|id| pending.remove(id)).collect();
-            drop(pending);
-            for w in failed {
-                let _ = w.reply.send(Err(status.clone()));
-            }
+            shared.fail(ids.into_iter(), &status);
         }
     }
 }

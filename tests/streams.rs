@@ -1,0 +1,310 @@
+//! Request streams between real nodes on loopback: one answer per request, the window,
+//! the node's in-flight slots, deadlines per request, errors per request, a provider
+//! killed with requests in flight, and a provider that is the node itself.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mlmesh::{Code, Node, NodeHandle, PeerState, Status, StreamOptions};
+
+/// A provider of `math.double` (odd numbers refused with INVALID_ARGUMENT) and
+/// `work.sleep` (sleeps the payload's milliseconds), and a caller seeded with it.
+async fn provider_and_caller() -> (NodeHandle, NodeHandle) {
+    let mesh = unique_mesh();
+    let provider = Node::builder(local("provider", &mesh))
+        .handle("math.double", |x: u64, _| async move {
+            if x % 2 == 1 {
+                return Err(
+                    Status::error(Code::InvalidArgument, format!("{x} is odd")).with_field("x")
+                );
+            }
+            Ok(x * 2)
+        })
+        .handle("work.sleep", |ms: u64, _| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Status>(ms)
+        })
+        .spawn()
+        .await
+        .expect("provider starts");
+    let caller = plain(seeded("caller", &mesh, &provider)).await;
+    wait_peers(&caller, 1).await;
+    (provider, caller)
+}
+
+async fn shutdown(nodes: [NodeHandle; 2]) {
+    within(
+        "the nodes to shut down",
+        WAIT,
+        futures::future::join_all(nodes.map(NodeHandle::shutdown)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_exactly_one_answer_its_own() {
+    init_tracing();
+    let (provider, caller) = provider_and_caller().await;
+    let mut stream = caller
+        .request_stream("math.double", StreamOptions::default().window(64))
+        .expect("a stream");
+    let n = 5_000u64;
+    let mut sent: HashMap<_, u64> = HashMap::new();
+    let mut next = 0..n;
+    let mut answers = 0;
+    within("5,000 requests, 64 in flight", WAIT, async {
+        while stream.in_flight() < stream.window() {
+            let x = next.next().expect("more than a window");
+            sent.insert(stream.send(&x).expect("queued"), x);
+        }
+        while let Some(answer) = stream.next::<u64>().await {
+            answers += 1;
+            let x = sent
+                .remove(&answer.id)
+                .expect("an answer to a request sent, once");
+            match answer.result {
+                Ok(y) => assert_eq!(y, 2 * x),
+                Err(status) => {
+                    assert_eq!(x % 2, 1, "{x} refused: {status}");
+                    assert_eq!(status.code, Code::InvalidArgument);
+                    assert_eq!(status.field.as_deref(), Some("x"));
+                }
+            }
+            if let Some(x) = next.next() {
+                sent.insert(stream.send(&x).expect("room for one per answer"), x);
+            }
+        }
+    })
+    .await;
+    assert_eq!(answers, n);
+    assert!(sent.is_empty(), "{} requests unanswered", sent.len());
+    assert_eq!(stream.in_flight(), 0);
+    drop(stream);
+    shutdown([caller, provider]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_window_refuses_until_an_answer_is_read() {
+    init_tracing();
+    let (provider, caller) = provider_and_caller().await;
+    let mut stream = caller
+        .request_stream("math.double", StreamOptions::default().window(3))
+        .expect("a stream");
+    for x in [2u64, 4, 6] {
+        stream.send(&x).expect("within the window");
+    }
+    let err = stream.send(&8u64).expect_err("the window is full");
+    assert_eq!(err.code, Code::ResourceExhausted, "{err}");
+    // Answered but not read: still in the window.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.flush();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        stream.send(&8u64).unwrap_err().code,
+        Code::ResourceExhausted
+    );
+    let first = within("an answer", WAIT, stream.next::<u64>())
+        .await
+        .expect("three in flight");
+    assert_eq!(first.result.expect("doubled"), 4);
+    stream.send(&8u64).expect("room after one answer read");
+    let mut rest = Vec::new();
+    while let Some(a) = within("the answers", WAIT, stream.next::<u64>()).await {
+        rest.push(a.result.expect("doubled"));
+    }
+    rest.sort_unstable();
+    assert_eq!(rest, [8, 12, 16]);
+    drop(stream);
+    shutdown([caller, provider]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_holds_its_window_of_the_nodes_in_flight_slots() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let mut config = local("caller", &mesh);
+    config.limits.max_in_flight = 100;
+    let caller = plain(config).await;
+    let err = caller
+        .request_stream("math.double", StreamOptions::default().window(0))
+        .expect_err("window 0");
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert_eq!(err.field.as_deref(), Some("window"));
+    let err = caller
+        .request_stream("math.double", StreamOptions::default().window(101))
+        .expect_err("over max_in_flight");
+    assert_eq!(err.field.as_deref(), Some("window"));
+
+    let first = caller
+        .request_stream("math.double", StreamOptions::default().window(60))
+        .expect("60 of 100 slots");
+    let err = caller
+        .request_stream("math.double", StreamOptions::default().window(60))
+        .expect_err("40 slots left");
+    assert_eq!(err.code, Code::ResourceExhausted, "{err}");
+    drop(first);
+    let _second = caller
+        .request_stream("math.double", StreamOptions::default().window(60))
+        .expect("the first stream's slots came back");
+
+    let err = caller
+        .request_stream("sys.ping", StreamOptions::default().window(1))
+        .expect_err("sys. without a target");
+    assert_eq!(err.code, Code::InvalidArgument);
+    assert_eq!(err.field.as_deref(), Some("type"));
+    drop(_second);
+    within("the caller to shut down", WAIT, caller.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_provider_send_is_no_responders_at_once() {
+    init_tracing();
+    let caller = plain(local("caller", &unique_mesh())).await;
+    let mut stream = caller
+        .request_stream("math.double", StreamOptions::default())
+        .expect("a stream before any provider");
+    let err = stream.send(&2u64).expect_err("nobody serves it");
+    assert_eq!(err.code, Code::NoResponders, "{err}");
+    assert_eq!(stream.in_flight(), 0);
+    assert!(within("no answer", WAIT, stream.next::<u64>())
+        .await
+        .is_none());
+    drop(stream);
+    within("the caller to shut down", WAIT, caller.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_ends_at_its_own_deadline_and_next_is_cancel_safe() {
+    init_tracing();
+    let (provider, caller) = provider_and_caller().await;
+    let mut stream = caller
+        .request_stream(
+            "work.sleep",
+            StreamOptions::default().deadline(Duration::from_millis(400)),
+        )
+        .expect("a stream");
+    let slow = stream.send(&5_000u64).expect("queued");
+    let fast = stream.send(&0u64).expect("queued");
+    let t = Instant::now();
+    let first = within("the fast answer", WAIT, stream.next::<u64>())
+        .await
+        .expect("two in flight");
+    assert_eq!(first.id, fast);
+    assert_eq!(first.result.expect("no sleep"), 0);
+    // A wait given up loses nothing: the answer is there for the next one.
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), stream.next::<u64>()).await;
+    assert!(gave_up.is_err(), "the slow request cannot be answered yet");
+    let second = within("the slow answer", WAIT, stream.next::<u64>())
+        .await
+        .expect("one still in flight");
+    let waited = t.elapsed();
+    assert_eq!(second.id, slow);
+    let err = second
+        .result
+        .expect_err("the handler outlives the deadline");
+    assert_eq!(err.code, Code::DeadlineExceeded, "{err}");
+    assert!(
+        waited >= Duration::from_millis(390) && waited < Duration::from_secs(3),
+        "answered after {waited:?}"
+    );
+    assert!(stream.next::<u64>().await.is_none());
+    drop(stream);
+    shutdown([caller, provider]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_serves_the_topic_itself_answers_its_own_stream() {
+    init_tracing();
+    let node = Node::builder(local("alone", &unique_mesh()))
+        .handle(
+            "math.double",
+            |x: u64, _| async move { Ok::<_, Status>(x * 2) },
+        )
+        .spawn()
+        .await
+        .expect("node starts");
+    let mut stream = node
+        .request_stream("math.double", StreamOptions::default().window(10))
+        .expect("a stream");
+    let mut ids = HashMap::new();
+    for x in 0..10u64 {
+        ids.insert(stream.send(&x).expect("queued"), x);
+    }
+    let mut sum = 0;
+    while let Some(a) = within("local answers", WAIT, stream.next::<u64>()).await {
+        let x = ids.remove(&a.id).expect("its own request");
+        assert_eq!(a.result.expect("doubled"), 2 * x);
+        sum += x;
+    }
+    assert_eq!(sum, 45);
+    let not_msgpack = bytes::Bytes::from_static(&[0xc1]);
+    let err = stream.send_raw(not_msgpack).expect_err("not a payload");
+    assert_eq!(err.code, Code::InvalidArgument, "{err}");
+    let too_big = serde_bytes::ByteBuf::from(vec![0u8; 2 << 20]);
+    let err = stream.send(&too_big).expect_err("over the size limit");
+    assert_eq!(err.code, Code::TooLarge, "{err}");
+    assert_eq!(stream.in_flight(), 0);
+    drop(stream);
+    within("the node to shut down", WAIT, node.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_provider_cancels_what_it_may_have_run_and_the_stream_moves_on() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let caller = plain(local("caller", &mesh)).await;
+    let seed = caller.endpoints().rpc.clone();
+    let echo = ["--echo", "demo.echo"];
+    let mut first = ChildNode::seeded("echo1", &mesh, &seed, &echo);
+    wait_peers(&caller, 1).await;
+    let mut stream = caller
+        .request_stream(
+            "demo.echo",
+            StreamOptions::default().deadline(Duration::from_secs(8)),
+        )
+        .expect("a stream");
+    stream.send(&"hello").expect("queued");
+    let a = within("the first echo", WAIT, stream.next::<String>())
+        .await
+        .expect("in flight");
+    assert_eq!(a.result.expect("echoed"), "hello");
+
+    let second = ChildNode::seeded("echo2", &mesh, &seed, &echo);
+    wait_peers(&caller, 2).await;
+    // Stopped, the first provider takes the requests into its socket and answers none.
+    signal(first.child.id(), "STOP");
+    let ids: Vec<_> = (0..3)
+        .map(|i| stream.send(&format!("lost {i}")).expect("queued"))
+        .collect();
+    stream.flush();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.kill9();
+    for _ in 0..3 {
+        let a = within("the lost requests' answers", WAIT, stream.next::<String>())
+            .await
+            .expect("in flight");
+        assert!(ids.contains(&a.id));
+        let err = a.result.expect_err("the provider died with them");
+        assert_eq!(err.code, Code::Cancelled, "{err}");
+    }
+    wait_until("the caller to drop the killed provider", WAIT, || {
+        let peers = caller.peers();
+        peers.len() == 1 && peers[0].id == second.id && peers[0].state == PeerState::Alive
+    })
+    .await;
+    stream.send(&"again").expect("the other provider serves it");
+    let a = within(
+        "an echo from the other provider",
+        WAIT,
+        stream.next::<String>(),
+    )
+    .await
+    .expect("in flight");
+    assert_eq!(a.result.expect("echoed"), "again");
+    drop(stream);
+    drop(second);
+    within("the caller to shut down", WAIT, caller.shutdown()).await;
+}
