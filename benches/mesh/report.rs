@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::events::Flow;
-use crate::requests::{Latency, Pipe};
+use crate::requests::{Latency, Pipelined};
 use crate::{Plan, PAYLOAD, WORKERS};
 
 /// The median trial of each event-throughput variant.
@@ -24,7 +24,7 @@ pub(crate) struct Report {
     /// One event at a time: raw, then mlmesh.
     pub(crate) latency: Option<(Latency, Latency)>,
     pub(crate) rtt: Option<(Latency, Latency)>,
-    pub(crate) pipeline: Option<(Pipe, Pipe, Pipe)>,
+    pub(crate) pipeline: Option<Pipelined>,
     pub(crate) discovery: Option<(Latency, Latency)>,
     pub(crate) mdns: Option<Latency>,
     pub(crate) json: Vec<Value>,
@@ -107,28 +107,21 @@ impl Report {
                 row(&what, m, us(r), us(x), ratio(x, r), goal);
             }
         }
-        if let Some((raw, stream, tasks)) = &self.pipeline {
+        if let Some(p) = &self.pipeline {
             let what = format!(
                 "pipelined, {} in flight, n={}",
                 plan.in_flight,
-                group(raw.n)
+                group(p.raw.n)
             );
-            row(
-                &what,
-                "req/s (buffer_unordered)",
-                rate(raw.rate()),
-                rate(stream.rate()),
-                ratio(stream.rate(), raw.rate()),
-                ">= 0.7x raw",
-            );
-            row(
-                &what,
-                "req/s (100 tasks)",
-                rate(raw.rate()),
-                rate(tasks.rate()),
-                ratio(tasks.rate(), raw.rate()),
-                ">= 0.7x raw",
-            );
+            for (how, mesh) in [
+                ("req/s (request stream)", &p.stream),
+                ("req/s (buffer_unordered)", &p.unordered),
+                ("req/s (100 tasks)", &p.tasks),
+            ] {
+                let raw = p.raw.rate();
+                let r = mesh.rate();
+                row(&what, how, rate(raw), rate(r), ratio(r, raw), ">= 0.7x raw");
+            }
         }
         if let Some((raw, mesh)) = &self.discovery {
             let what = format!("discovery by seed, {} joins", raw.n);

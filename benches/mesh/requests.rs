@@ -172,6 +172,15 @@ impl Pipe {
     }
 }
 
+/// The medians of the pipelined runs: raw, then mlmesh's three ways.
+#[derive(Debug, Clone)]
+pub(crate) struct Pipelined {
+    pub(crate) raw: Pipe,
+    pub(crate) stream: Pipe,
+    pub(crate) unordered: Pipe,
+    pub(crate) tasks: Pipe,
+}
+
 fn median_pipe(mut runs: Vec<Pipe>) -> Pipe {
     runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
     runs.swap_remove(runs.len() / 2)
@@ -180,7 +189,8 @@ fn median_pipe(mut runs: Vec<Pipe>) -> Pipe {
 /// `plan.in_flight` requests outstanding, `plan.pipeline` in all, `plan.trials` times.
 pub(crate) fn pipeline(plan: &Plan, report: &mut Report) -> Result<()> {
     let (n, k) = (plan.pipeline, plan.in_flight);
-    let (mut raw, mut stream, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw, mut stream, mut unordered, mut tasks) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for trial in 0..plan.trials {
         eprintln!(
             "pipeline: trial {}/{}, {n} requests, {k} in flight",
@@ -188,19 +198,26 @@ pub(crate) fn pipeline(plan: &Plan, report: &mut Report) -> Result<()> {
             plan.trials
         );
         raw.push(run("raw-pipe", raw_pipeline(n, k))?);
-        stream.push(run("mesh-pipe", mesh_pipeline(n, k, false))?);
+        stream.push(run("mesh-pipe-stream", stream_pipeline(n, k))?);
+        unordered.push(run("mesh-pipe", mesh_pipeline(n, k, false))?);
         tasks.push(run("mesh-pipe-tasks", mesh_pipeline(n, k, true))?);
     }
     for (name, runs) in [
         ("raw_dealer_router", &raw),
-        ("mlmesh_buffer_unordered", &stream),
+        ("mlmesh_request_stream", &stream),
+        ("mlmesh_buffer_unordered", &unordered),
         ("mlmesh_tasks", &tasks),
     ] {
         for (i, p) in runs.iter().enumerate() {
             report.json.push(p.json(name, k, i));
         }
     }
-    report.pipeline = Some((median_pipe(raw), median_pipe(stream), median_pipe(tasks)));
+    report.pipeline = Some(Pipelined {
+        raw: median_pipe(raw),
+        stream: median_pipe(stream),
+        unordered: median_pipe(unordered),
+        tasks: median_pipe(tasks),
+    });
     Ok(())
 }
 
@@ -238,7 +255,8 @@ async fn raw_pipeline(n: u64, k: usize) -> Result<Pipe> {
     })
 }
 
-/// mlmesh with `k` concurrent `request_raw` futures: in one task (`buffer_unordered`),
+/// mlmesh with `k` concurrent `request_raw` futures (a future, a reply channel and a
+/// wake-up per call): in one task (`buffer_unordered`),
 /// or as `k` tasks each calling in a loop.
 async fn mesh_pipeline(n: u64, k: usize, spawn_tasks: bool) -> Result<Pipe> {
     let (a, b) = echo_pair().await?;
@@ -277,6 +295,43 @@ async fn mesh_pipeline(n: u64, k: usize, spawn_tasks: bool) -> Result<Pipe> {
     };
     let secs = t0.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
+    b.shutdown().await;
+    a.shutdown().await;
+    Ok(Pipe {
+        n,
+        errors,
+        secs,
+        cpu_secs: cpu,
+    })
+}
+
+/// mlmesh with a request stream of window `k` from one task, as the raw DEALER: one more
+/// request sent per answer read.
+async fn stream_pipeline(n: u64, k: usize) -> Result<Pipe> {
+    let (a, b) = echo_pair().await?;
+    let topic = Topic::new("bench.echo")?;
+    let data = payload()?;
+    b.request_raw(&topic, data.clone(), CallOptions::default())
+        .await?;
+    let mut stream = b.request_stream(&topic, mlmesh::StreamOptions::default().window(k))?;
+    let cpu0 = cpu_secs();
+    let t0 = Instant::now();
+    let mut sent = 0;
+    while sent < n.min(k as u64) {
+        stream.send_raw(data.clone())?;
+        sent += 1;
+    }
+    let mut errors = 0;
+    while let Some(reply) = stream.next_raw().await {
+        errors += u64::from(reply.result.is_err());
+        if sent < n {
+            stream.send_raw(data.clone())?;
+            sent += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    drop(stream);
     b.shutdown().await;
     a.shutdown().await;
     Ok(Pipe {
