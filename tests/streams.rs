@@ -1,6 +1,7 @@
 //! Request streams between real nodes on loopback: one answer per request, the window,
-//! the node's in-flight slots, deadlines per request, errors per request, a provider
-//! killed with requests in flight, and a provider that is the node itself.
+//! the node's in-flight slots, deadlines per request, errors per request, a provider left
+//! once suspect and then killed with requests in flight, and a provider that is the node
+//! itself.
 
 mod common;
 
@@ -252,18 +253,30 @@ async fn a_node_that_serves_the_topic_itself_answers_its_own_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_provider_cancels_what_it_may_have_run_and_the_stream_moves_on() {
+async fn a_stream_leaves_a_suspect_provider_and_a_killed_one_cancels_what_it_held() {
     init_tracing();
     let mesh = unique_mesh();
     let caller = plain(local("caller", &mesh)).await;
     let seed = caller.endpoints().rpc.clone();
     let echo = ["--echo", "demo.echo"];
-    let mut first = ChildNode::seeded("echo1", &mesh, &seed, &echo);
+    // A heartbeat of 1 s: suspect 2 s after it stops, gone 1 s later, a window wide
+    // enough to send while it is suspect whatever the load.
+    let mut first = ChildNode::spawn(
+        &[
+            ("MLMESH_NODE__NAME", "echo1".into()),
+            ("MLMESH_NODE__MESH", mesh.clone()),
+            ("MLMESH_DISCOVERY__MDNS", "false".into()),
+            ("MLMESH_DISCOVERY__SEEDS", seed.clone()),
+            ("MLMESH_DISCOVERY__SEED_INTERVAL_MS", "200".into()),
+            ("MLMESH_LIVENESS__HEARTBEAT_MS", "1000".into()),
+        ],
+        &echo,
+    );
     wait_peers(&caller, 1).await;
     let mut stream = caller
         .request_stream(
             "demo.echo",
-            StreamOptions::default().deadline(Duration::from_secs(8)),
+            StreamOptions::default().deadline(Duration::from_secs(20)),
         )
         .expect("a stream");
     stream.send(&"hello").expect("queued");
@@ -274,28 +287,21 @@ async fn a_killed_provider_cancels_what_it_may_have_run_and_the_stream_moves_on(
 
     let second = ChildNode::seeded("echo2", &mesh, &seed, &echo);
     wait_peers(&caller, 2).await;
-    // Stopped, the first provider takes the requests into its socket and answers none.
+    // Stopped, the first provider takes requests into its socket and answers none.
     signal(first.child.id(), "STOP");
-    let ids: Vec<_> = (0..3)
-        .map(|i| stream.send(&format!("lost {i}")).expect("queued"))
+    let held: Vec<_> = (0..3)
+        .map(|i| stream.send(&format!("held {i}")).expect("queued"))
         .collect();
     stream.flush();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    first.kill9();
-    for _ in 0..3 {
-        let a = within("the lost requests' answers", WAIT, stream.next::<String>())
-            .await
-            .expect("in flight");
-        assert!(ids.contains(&a.id));
-        let err = a.result.expect_err("the provider died with them");
-        assert_eq!(err.code, Code::Cancelled, "{err}");
-    }
-    wait_until("the caller to drop the killed provider", WAIT, || {
-        let peers = caller.peers();
-        peers.len() == 1 && peers[0].id == second.id && peers[0].state == PeerState::Alive
+    wait_until("the stopped provider to be suspect", WAIT, || {
+        caller
+            .peers()
+            .iter()
+            .any(|p| p.id == first.id && p.state == PeerState::Suspect)
     })
     .await;
-    stream.send(&"again").expect("the other provider serves it");
+    // Still in the table, but suspect: the next frame goes to the other provider.
+    stream.send(&"again").expect("queued");
     let a = within(
         "an echo from the other provider",
         WAIT,
@@ -304,6 +310,21 @@ async fn a_killed_provider_cancels_what_it_may_have_run_and_the_stream_moves_on(
     .await
     .expect("in flight");
     assert_eq!(a.result.expect("echoed"), "again");
+    assert!(
+        caller.peers().iter().any(|p| p.id == first.id),
+        "answered while the stopped provider was still a peer"
+    );
+
+    first.kill9();
+    for _ in 0..3 {
+        let a = within("the held requests' answers", WAIT, stream.next::<String>())
+            .await
+            .expect("in flight");
+        assert!(held.contains(&a.id));
+        let err = a.result.expect_err("the provider died with them");
+        assert_eq!(err.code, Code::Cancelled, "{err}");
+    }
+    assert!(stream.next::<String>().await.is_none());
     drop(stream);
     drop(second);
     within("the caller to shut down", WAIT, caller.shutdown()).await;

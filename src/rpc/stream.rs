@@ -82,9 +82,10 @@ pub struct StreamReply<T> {
 /// returns the next answer, in the order answers arrive. Every request sent gets
 /// exactly one answer. Made by [`NodeHandle::request_stream`].
 ///
-/// The stream uses one provider at a time, the least loaded when it first sends, and
-/// picks another when that one leaves the mesh (requests it may have run are answered
-/// CANCELLED, never sent twice). It holds a handle of the node, and `window` of its
+/// The stream sends to one provider at a time, picked as a call's (the least loaded
+/// live one) at its first send, and picks again when that one stops being a provider
+/// (suspect, gone, no longer serving the topic); requests the old one may have run are
+/// answered CANCELLED if its connection is lost, never sent twice (SPEC 9.2). It holds a handle of the node, and `window` of its
 /// in-flight request slots, while it lives.
 #[derive(Debug)]
 pub struct RequestStream {
@@ -123,11 +124,25 @@ impl Route {
         }
     }
 
-    /// Whether new requests may still take this route.
-    fn usable(&self) -> bool {
-        match (&self.provider, &self.client) {
-            (Provider::Remote { endpoint, .. }, Some(c)) => c.serves(endpoint),
-            _ => true,
+    /// Whether new requests may still take this route: its client still serves the
+    /// provider's endpoint; with `recheck`, the provider is also still one in the peer
+    /// table (alive, serving the topic; with a target, still a peer), which takes the
+    /// table's lock and so is done once per frame sent, not per request.
+    fn usable(&self, recheck: Option<(&Inner, &Topic, bool)>) -> bool {
+        let Provider::Remote { id, endpoint, .. } = &self.provider else {
+            return true;
+        };
+        if !self.client.as_ref().is_some_and(|c| c.serves(endpoint)) {
+            return false;
+        }
+        let Some((inner, topic, targeted)) = recheck else {
+            return true;
+        };
+        let peers = inner.peers();
+        if targeted {
+            peers.contains(id)
+        } else {
+            peers.serving(topic).any(|p| p.describe.id == *id)
         }
     }
 
@@ -247,7 +262,7 @@ impl RequestStream {
         let time = mlmesh_protocol::now_nanos();
         let id = MessageId::at(time);
         let deadline = now + self.deadline;
-        self.ensure_route()?;
+        self.ensure_route(false)?;
         let Self {
             route: Some(route),
             inner,
@@ -315,7 +330,7 @@ impl RequestStream {
             return;
         }
         let frames = std::mem::take(&mut self.unsent);
-        if let Err(status) = self.ensure_route() {
+        if let Err(status) = self.ensure_route(true) {
             return self.fail(frames, &status);
         }
         let Self {
@@ -421,9 +436,11 @@ impl RequestStream {
         }
     }
 
-    /// Keeps the provider in use while it serves, else picks one.
-    fn ensure_route(&mut self) -> Result<(), Status> {
-        if !self.route.as_ref().is_some_and(Route::usable) {
+    /// Keeps the provider in use while it is one (see [`Route::usable`]), else picks
+    /// one as a call does (SPEC 9.2).
+    fn ensure_route(&mut self, recheck: bool) -> Result<(), Status> {
+        let check = recheck.then_some((&*self.inner, &self.topic, self.target.is_some()));
+        if !self.route.as_ref().is_some_and(|r| r.usable(check)) {
             if let Some(old) = self.route.take() {
                 old.load(&self.inner)
                     .fetch_sub(old.counted, Ordering::Relaxed);
