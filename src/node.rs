@@ -220,7 +220,7 @@ pub(crate) struct Counters {
 
 /// More than an event envelope adds to its topic and payload once encoded: an event that
 /// leaves this much room under the size limit cannot be refused as too large.
-const ENVELOPE_OVERHEAD_MAX: usize = 256;
+pub(crate) const ENVELOPE_OVERHEAD_MAX: usize = 256;
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);

@@ -6,6 +6,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,7 +16,15 @@ use mlmesh::{Code, Node, NodeHandle, PeerState, Status, StreamOptions};
 /// A provider of `math.double` (odd numbers refused with INVALID_ARGUMENT) and
 /// `work.sleep` (sleeps the payload's milliseconds), and a caller seeded with it.
 async fn provider_and_caller() -> (NodeHandle, NodeHandle) {
+    let (provider, caller, _) = counting_provider_and_caller().await;
+    (provider, caller)
+}
+
+/// The same, with the count of `work.sleep` requests that reached the handler.
+async fn counting_provider_and_caller() -> (NodeHandle, NodeHandle, Arc<AtomicUsize>) {
     let mesh = unique_mesh();
+    let slept = Arc::new(AtomicUsize::new(0));
+    let count = slept.clone();
     let provider = Node::builder(local("provider", &mesh))
         .handle("math.double", |x: u64, _| async move {
             if x % 2 == 1 {
@@ -24,16 +34,35 @@ async fn provider_and_caller() -> (NodeHandle, NodeHandle) {
             }
             Ok(x * 2)
         })
-        .handle("work.sleep", |ms: u64, _| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok::<_, Status>(ms)
+        .handle("work.sleep", move |ms: u64, _| {
+            count.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, Status>(ms)
+            }
         })
         .spawn()
         .await
         .expect("provider starts");
     let caller = plain(seeded("caller", &mesh, &provider)).await;
     wait_peers(&caller, 1).await;
-    (provider, caller)
+    (provider, caller, slept)
+}
+
+/// An `mlmesh-node --echo demo.echo` process with a heartbeat of 1 s: suspect 2 s after
+/// it stops, gone 1 s later, wide enough windows to act in whatever the load.
+fn slow_heartbeat_echo(name: &str, mesh: &str, seed: &str) -> ChildNode {
+    ChildNode::spawn(
+        &[
+            ("MLMESH_NODE__NAME", name.into()),
+            ("MLMESH_NODE__MESH", mesh.into()),
+            ("MLMESH_DISCOVERY__MDNS", "false".into()),
+            ("MLMESH_DISCOVERY__SEEDS", seed.into()),
+            ("MLMESH_DISCOVERY__SEED_INTERVAL_MS", "200".into()),
+            ("MLMESH_LIVENESS__HEARTBEAT_MS", "1000".into()),
+        ],
+        &["--echo", "demo.echo"],
+    )
 }
 
 async fn shutdown(nodes: [NodeHandle; 2]) {
@@ -259,19 +288,7 @@ async fn a_stream_leaves_a_suspect_provider_and_a_killed_one_cancels_what_it_hel
     let caller = plain(local("caller", &mesh)).await;
     let seed = caller.endpoints().rpc.clone();
     let echo = ["--echo", "demo.echo"];
-    // A heartbeat of 1 s: suspect 2 s after it stops, gone 1 s later, a window wide
-    // enough to send while it is suspect whatever the load.
-    let mut first = ChildNode::spawn(
-        &[
-            ("MLMESH_NODE__NAME", "echo1".into()),
-            ("MLMESH_NODE__MESH", mesh.clone()),
-            ("MLMESH_DISCOVERY__MDNS", "false".into()),
-            ("MLMESH_DISCOVERY__SEEDS", seed.clone()),
-            ("MLMESH_DISCOVERY__SEED_INTERVAL_MS", "200".into()),
-            ("MLMESH_LIVENESS__HEARTBEAT_MS", "1000".into()),
-        ],
-        &echo,
-    );
+    let mut first = slow_heartbeat_echo("echo1", &mesh, &seed);
     wait_peers(&caller, 1).await;
     let mut stream = caller
         .request_stream(
@@ -327,5 +344,119 @@ async fn a_stream_leaves_a_suspect_provider_and_a_killed_one_cancels_what_it_hel
     assert!(stream.next::<String>().await.is_none());
     drop(stream);
     drop(second);
+    within("the caller to shut down", WAIT, caller.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_alone_goes_out_at_once_and_one_that_expires_queued_never_does() {
+    init_tracing();
+    let (provider, caller, slept) = counting_provider_and_caller().await;
+    let mut stream = caller
+        .request_stream(
+            "work.sleep",
+            StreamOptions::default().deadline(Duration::from_millis(300)),
+        )
+        .expect("a stream");
+    // Nothing else in flight: sent by `send` itself, without next() or flush() (SPEC 5.3).
+    let first = stream.send(&600u64).expect("queued");
+    wait_until("the lone request to reach the handler", WAIT, || {
+        slept.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // One in flight: this one waits for the next frame, and its deadline passes there.
+    let queued = stream.send(&0u64).expect("queued");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut answers = HashMap::new();
+    while let Some(a) = within("both answers", WAIT, stream.next::<u64>()).await {
+        answers.insert(a.id, a.result.expect_err("both past their deadline"));
+    }
+    assert_eq!(answers[&first].code, Code::DeadlineExceeded);
+    let late = &answers[&queued];
+    assert_eq!(late.code, Code::DeadlineExceeded, "{late}");
+    assert!(
+        late.message.contains("before the request was sent"),
+        "{late}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        slept.load(Ordering::SeqCst),
+        1,
+        "the expired request was sent"
+    );
+    drop(stream);
+    shutdown([caller, provider]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shutting_down_answers_its_streams_requests() {
+    init_tracing();
+    let (provider, caller) = provider_and_caller().await;
+    let mut stream = caller
+        .request_stream(
+            "work.sleep",
+            StreamOptions::default().deadline(Duration::from_secs(30)),
+        )
+        .expect("a stream");
+    let sent = stream.send(&5_000u64).expect("queued");
+    let queued = stream.send(&5_000u64).expect("queued");
+    stream.flush();
+    let queued_later = stream.send(&0u64).expect("queued");
+    within("the caller to shut down", WAIT, caller.clone().shutdown()).await;
+    let err = stream.send(&0u64).expect_err("the node is down");
+    assert_eq!(err.code, Code::Unavailable, "{err}");
+    let mut answered = Vec::new();
+    while let Some(a) = within("answers after the shutdown", WAIT, stream.next::<u64>()).await {
+        let err = a.result.expect_err("the provider sleeps for 5 s");
+        assert!(
+            matches!(err.code, Code::Cancelled | Code::Unavailable),
+            "{err}"
+        );
+        answered.push(a.id);
+    }
+    answered.sort_unstable();
+    let mut expected = vec![sent, queued, queued_later];
+    expected.sort_unstable();
+    assert_eq!(answered, expected);
+    drop(stream);
+    within("the provider to shut down", WAIT, provider.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_timing_out_on_a_stopped_provider_does_not_keep_it_alive() {
+    init_tracing();
+    let mesh = unique_mesh();
+    let caller = plain(local("caller", &mesh)).await;
+    let seed = caller.endpoints().rpc.clone();
+    let mut stopped = slow_heartbeat_echo("echo1", &mesh, &seed);
+    wait_peers(&caller, 1).await;
+    let mut stream = caller
+        .request_stream(
+            "demo.echo",
+            StreamOptions::default().deadline(Duration::from_millis(200)),
+        )
+        .expect("a stream");
+    signal(stopped.child.id(), "STOP");
+    let t = Instant::now();
+    // Deadlines every 200 ms, each answered by this node, not by the provider: its
+    // liveness must run out as if nothing were sent (suspect after 2 s).
+    while caller
+        .peers()
+        .iter()
+        .any(|p| p.id == stopped.id && p.state == PeerState::Alive)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "the stopped provider stayed alive for {:?}",
+            t.elapsed()
+        );
+        stream.send(&"anyone?").expect("still a provider");
+        let a = within("an answer", WAIT, stream.next::<String>())
+            .await
+            .expect("in flight");
+        let err = a.result.expect_err("the provider is stopped");
+        assert_eq!(err.code, Code::DeadlineExceeded, "{err}");
+    }
+    stopped.kill9();
+    drop(stream);
     within("the caller to shut down", WAIT, caller.shutdown()).await;
 }

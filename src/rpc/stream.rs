@@ -20,7 +20,7 @@ use mlmesh_protocol::{
 };
 
 use super::{call_local, check_size, invalid, no_responders, pick, resolve_target, Provider};
-use crate::node::{Inner, NodeHandle};
+use crate::node::{Inner, NodeHandle, ENVELOPE_OVERHEAD_MAX};
 use crate::transport::client::{PeerClient, Sink, StreamAnswer, BATCH_BYTES};
 
 /// Options of a [`RequestStream`].
@@ -97,10 +97,15 @@ pub struct RequestStream {
     window: usize,
     _slots: OwnedSemaphorePermit,
     route: Option<Route>,
-    /// Requests encoded and not sent yet, by the frame that will carry them.
-    unsent: Vec<Frame>,
+    /// Requests queued and not sent yet, encoded when they are (with the deadline left
+    /// then, SPEC 9.3).
+    unsent: Vec<Queued>,
     /// Requests sent or queued whose answer [`next`](Self::next) has not returned.
     in_flight: usize,
+    /// Requests sent whose answer has not come back to the stream yet: while none is,
+    /// a request goes out at once (SPEC 5.3: no waiting for a batch with nothing else in
+    /// flight).
+    unanswered: usize,
     sink: Sink,
     answers: mpsc::UnboundedReceiver<Vec<StreamAnswer>>,
     ready: VecDeque<StreamAnswer>,
@@ -129,7 +134,13 @@ impl Route {
     /// table (alive, serving the topic; with a target, still a peer), which takes the
     /// table's lock and so is done once per frame sent, not per request.
     fn usable(&self, recheck: Option<(&Inner, &Topic, bool)>) -> bool {
-        let Provider::Remote { id, endpoint, .. } = &self.provider else {
+        let Provider::Remote {
+            id,
+            endpoint,
+            batch,
+            ..
+        } = &self.provider
+        else {
             return true;
         };
         if !self.client.as_ref().is_some_and(|c| c.serves(endpoint)) {
@@ -142,20 +153,31 @@ impl Route {
         if targeted {
             peers.contains(id)
         } else {
-            peers.serving(topic).any(|p| p.describe.id == *id)
+            // The same node, still batching if it did (a restart may change that).
+            peers
+                .serving(topic)
+                .any(|p| p.describe.id == *id && p.describe.batch == *batch)
         }
     }
 
-    fn batches(&self) -> bool {
-        matches!(self.provider, Provider::Remote { batch: true, .. })
+    /// The stream stops using this route: its requests come off the provider's load.
+    /// With `forget` (the stream is dropped), the client drops its requests too; else
+    /// they stay, and are answered as they would have been.
+    fn leave(self, inner: &Inner, forget: Option<&Sink>) {
+        self.load(inner).fetch_sub(self.counted, Ordering::Relaxed);
+        if let (Some(client), Some(sink)) = (&self.client, forget) {
+            client.forget(sink);
+        }
     }
 }
 
-/// Encoded requests that go out as one frame.
+/// A request queued by [`RequestStream::send`].
 #[derive(Debug)]
-struct Frame {
-    batch: BatchBuf,
-    requests: Vec<(MessageId, Instant)>,
+struct Queued {
+    id: MessageId,
+    time: u64,
+    deadline: Instant,
+    data: Bytes,
 }
 
 impl RequestStream {
@@ -211,6 +233,7 @@ impl RequestStream {
             route: None,
             unsent: Vec::new(),
             in_flight: 0,
+            unanswered: 0,
             sink,
             answers,
             ready: VecDeque::new(),
@@ -232,10 +255,12 @@ impl RequestStream {
         self.window
     }
 
-    /// Queues a request (encoded through serde) and returns its id; it is sent at the
-    /// next [`next`](Self::next) or [`flush`](Self::flush). Errors at once: a full window
-    /// (RESOURCE_EXHAUSTED: read answers first), no provider (NO_RESPONDERS), a payload
-    /// over the size limit (TOO_LARGE), a node shutting down (UNAVAILABLE).
+    /// Queues a request (encoded through serde) and returns its id. It goes out at once
+    /// when none of the stream's requests is waiting for its reply, else with the others
+    /// queued meanwhile, as one frame, at the next [`next`](Self::next) or
+    /// [`flush`](Self::flush). Errors at once: a full window (RESOURCE_EXHAUSTED: read
+    /// answers first), no provider (NO_RESPONDERS), a payload over the size limit
+    /// (TOO_LARGE), a node shutting down (UNAVAILABLE).
     pub fn send<T: Serialize + ?Sized>(&mut self, payload: &T) -> Result<MessageId, Status> {
         let data = to_payload(payload).map_err(|e| e.to_status())?;
         self.send_raw(Bytes::from(data))
@@ -253,112 +278,154 @@ impl RequestStream {
             ));
         }
         if self.inner.closing.load(Ordering::Relaxed) {
-            return Err(Status::error(
-                Code::Unavailable,
-                "the node is shutting down",
-            ));
+            return Err(shutting_down());
+        }
+        self.ensure_route(false)?;
+        let surely_fits = data.len() + self.topic.as_str().len() + ENVELOPE_OVERHEAD_MAX
+            <= self.inner.codec.max_size();
+        if !surely_fits {
+            check_size(&self.inner, &self.topic, &data)?;
         }
         let now = Instant::now();
         let time = mlmesh_protocol::now_nanos();
         let id = MessageId::at(time);
         let deadline = now + self.deadline;
-        self.ensure_route(false)?;
-        let Self {
-            route: Some(route),
-            inner,
+        if let Some(Route {
+            provider: Provider::Local,
             ..
-        } = self
-        else {
-            return Err(no_responders(&self.inner, &self.topic));
-        };
-        let batches = route.batches();
-        if let Provider::Local = route.provider {
-            // Checked here, as a remote request is when it is encoded: an error at once.
-            check_size(inner, &self.topic, &data)?;
+        }) = self.route
+        {
+            // No socket, so nothing to batch: to the handler at once.
             mlmesh_protocol::check_payload(&data).map_err(|e| e.to_status())?;
-            route.counted += 1;
-            route.load(inner).fetch_add(1, Ordering::Relaxed);
-            let (inner, handle, topic) =
-                (self.inner.clone(), self.handle.clone(), self.topic.clone());
-            let sink = self.sink.clone();
-            tokio::spawn(async move {
-                let reply = call_local(&inner, &handle, &topic, id, data, deadline).await;
-                let _ = sink.send(vec![(id, Ok(reply))]);
-            });
             self.in_flight += 1;
+            self.call_locally(Queued {
+                id,
+                time,
+                deadline,
+                data,
+            });
             return Ok(id);
         }
-        let env = Envelope {
-            version: PROTOCOL_VERSION,
+        self.unsent.push(Queued {
             id,
-            topic: self.topic.clone(),
-            source: self.inner.id,
             time,
-            body: Body::Request {
-                deadline_ms: u32::try_from(self.deadline.as_millis())
-                    .unwrap_or(u32::MAX)
-                    .max(1),
-            },
+            deadline,
             data,
-        };
-        let codec = &self.inner.codec;
-        let limit = BATCH_BYTES.min(codec.max_size().saturating_sub(5));
-        // Into the frame being filled if the provider takes batches and it has room.
-        if let Some(f) = self.unsent.last_mut().filter(|_| batches) {
-            f.batch.push(codec, &env).map_err(|e| e.to_status())?;
-            if f.batch.len() <= limit {
-                f.requests.push((id, deadline));
-                self.in_flight += 1;
-                return Ok(id);
-            }
-            f.batch.undo();
-        }
-        let mut batch = BatchBuf::with_capacity(0);
-        batch.push(codec, &env).map_err(|e| e.to_status())?;
-        self.unsent.push(Frame {
-            batch,
-            requests: vec![(id, deadline)],
         });
         self.in_flight += 1;
+        if self.unanswered > 0 {
+            // Answers that came meanwhile count: the last one may have emptied the wire.
+            while let Ok(chunk) = self.answers.try_recv() {
+                self.received(chunk);
+            }
+        }
+        if self.unanswered == 0 {
+            self.flush();
+        }
         Ok(id)
     }
 
+    /// Runs a request on this node's own handler; its answer comes through the channel.
+    fn call_locally(&mut self, q: Queued) {
+        if let Some(route) = &mut self.route {
+            route.counted += 1;
+            route.load(&self.inner).fetch_add(1, Ordering::Relaxed);
+        }
+        self.unanswered += 1;
+        let (inner, handle, topic) = (self.inner.clone(), self.handle.clone(), self.topic.clone());
+        let sink = self.sink.clone();
+        tokio::spawn(async move {
+            let reply = call_local(&inner, &handle, &topic, q.id, q.data, q.deadline).await;
+            let _ = sink.send(vec![(q.id, Ok(reply))]);
+        });
+    }
+
     /// Sends the requests queued by [`send`](Self::send) now, without waiting for an
-    /// answer ([`next`](Self::next) does it before it waits).
+    /// answer ([`next`](Self::next) does it before it waits). A request whose deadline
+    /// passed while it was queued is answered DEADLINE_EXCEEDED without being sent.
     pub fn flush(&mut self) {
         if self.unsent.is_empty() {
             return;
         }
-        let frames = std::mem::take(&mut self.unsent);
-        if let Err(status) = self.ensure_route(true) {
-            return self.fail(frames, &status);
+        let queued = std::mem::take(&mut self.unsent);
+        if self.inner.closing.load(Ordering::Relaxed) {
+            return self.fail(queued, &shutting_down());
         }
-        let Self {
-            route: Some(route),
-            inner,
-            sink,
-            ..
-        } = self
-        else {
-            return;
+        if let Err(status) = self.ensure_route(true) {
+            return self.fail(queued, &status);
+        }
+        let Some(route) = &self.route else { return };
+        let (client, batches) = match (&route.provider, &route.client) {
+            (Provider::Remote { batch, .. }, Some(client)) => (client.clone(), *batch),
+            _ => {
+                // The remote provider left, and this node serves the topic itself.
+                for q in queued {
+                    self.call_locally(q);
+                }
+                return;
+            }
         };
-        let (Some(client), batches) = (route.client.clone(), route.batches()) else {
-            // A remote provider left, and only this node serves the topic now.
-            return self.fail(frames, &unsent());
-        };
-        let mut refused = Vec::new();
-        for f in frames {
-            if f.requests.len() > 1 && !batches {
-                refused.push(f);
+        let codec = self.inner.codec;
+        let limit = BATCH_BYTES.min(codec.max_size().saturating_sub(5));
+        let now = Instant::now();
+        let mut frame = BatchBuf::with_capacity(0);
+        let mut requests = Vec::new();
+        let mut sent = 0;
+        for q in queued {
+            let Some(left) = q
+                .deadline
+                .checked_duration_since(now)
+                .filter(|d| !d.is_zero())
+            else {
+                self.ready.push_back((
+                    q.id,
+                    Err(Status::error(
+                        Code::DeadlineExceeded,
+                        "the deadline passed before the request was sent",
+                    )),
+                ));
+                continue;
+            };
+            let env = Envelope {
+                version: PROTOCOL_VERSION,
+                id: q.id,
+                topic: self.topic.clone(),
+                source: self.inner.id,
+                time: q.time,
+                body: Body::Request {
+                    // Whole milliseconds left, rounded up: the provider never stops first.
+                    deadline_ms: u32::try_from(left.as_micros().div_ceil(1000))
+                        .unwrap_or(u32::MAX)
+                        .max(1),
+                },
+                data: q.data,
+            };
+            if let Err(e) = frame.push(&codec, &env) {
+                self.ready.push_back((q.id, Err(e.to_status())));
                 continue;
             }
-            route.counted += f.requests.len();
-            route
-                .load(inner)
-                .fetch_add(f.requests.len(), Ordering::Relaxed);
-            client.send_stream(f.batch.finish(), &f.requests, sink);
+            if frame.count() > 1 && (!batches || frame.len() > limit) {
+                // It goes in the next frame.
+                frame.undo();
+                let full = std::mem::replace(&mut frame, BatchBuf::with_capacity(0));
+                sent += requests.len();
+                client.send_stream(full.finish(), &std::mem::take(&mut requests), &self.sink);
+                if let Err(e) = frame.push(&codec, &env) {
+                    self.ready.push_back((q.id, Err(e.to_status())));
+                    continue;
+                }
+            }
+            requests.push((q.id, q.deadline));
         }
-        self.fail(refused, &unsent());
+        if !requests.is_empty() {
+            sent += requests.len();
+            client.send_stream(frame.finish(), &requests, &self.sink);
+        }
+        self.unanswered += sent;
+        if let Some(route) = &mut self.route {
+            route.counted += sent;
+            route.load(&self.inner).fetch_add(sent, Ordering::Relaxed);
+        }
     }
 
     /// Sends what was queued, then returns the next answer as it arrives, decoded through
@@ -378,7 +445,7 @@ impl RequestStream {
     pub async fn next_raw(&mut self) -> Option<StreamReply<Bytes>> {
         loop {
             if let Some((id, answer)) = self.ready.pop_front() {
-                self.answered();
+                self.in_flight -= 1;
                 return Some(StreamReply {
                     id,
                     result: answer.and_then(|a| a),
@@ -401,39 +468,30 @@ impl RequestStream {
         }
     }
 
+    /// Answers that came back: off the wire, and off the provider's load. A chunk holding
+    /// a reply (not only answers the client made itself: deadlines, lost connections) is
+    /// traffic from the provider, as a call's reply is.
     fn received(&mut self, chunk: Vec<StreamAnswer>) {
-        if let Some(Route {
-            provider: Provider::Remote { live, .. },
-            ..
-        }) = &self.route
-        {
-            live.touch();
+        self.unanswered = self.unanswered.saturating_sub(chunk.len());
+        if let Some(route) = &mut self.route {
+            // An answer from a provider the stream left is taken off the current one's
+            // load: routing's load is an estimate.
+            let n = chunk.len().min(route.counted);
+            route.counted -= n;
+            route.load(&self.inner).fetch_sub(n, Ordering::Relaxed);
+            if let Provider::Remote { live, .. } = &route.provider {
+                if chunk.iter().any(|(_, answer)| answer.is_ok()) {
+                    live.touch();
+                }
+            }
         }
         self.ready.extend(chunk);
     }
 
-    /// One answer returned: one request fewer in flight, and one fewer counted in the
-    /// provider's load (an answer from a provider the stream left is counted against the
-    /// current one: routing's load is an estimate).
-    fn answered(&mut self) {
-        self.in_flight -= 1;
-        if let Some(route) = &mut self.route {
-            if route.counted > 0 {
-                route.counted -= 1;
-                route.load(&self.inner).fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Answers every request of `frames` with `status`.
-    fn fail(&mut self, frames: Vec<Frame>, status: &Status) {
-        for f in frames {
-            self.ready.extend(
-                f.requests
-                    .into_iter()
-                    .map(|(id, _)| (id, Err(status.clone()))),
-            );
-        }
+    /// Answers every request of `queued` with `status`.
+    fn fail(&mut self, queued: Vec<Queued>, status: &Status) {
+        self.ready
+            .extend(queued.into_iter().map(|q| (q.id, Err(status.clone()))));
     }
 
     /// Keeps the provider in use while it is one (see [`Route::usable`]), else picks
@@ -442,8 +500,7 @@ impl RequestStream {
         let check = recheck.then_some((&*self.inner, &self.topic, self.target.is_some()));
         if !self.route.as_ref().is_some_and(|r| r.usable(check)) {
             if let Some(old) = self.route.take() {
-                old.load(&self.inner)
-                    .fetch_sub(old.counted, Ordering::Relaxed);
+                old.leave(&self.inner, None);
             }
             let inner = &self.inner;
             let provider = match self.target {
@@ -469,18 +526,12 @@ impl RequestStream {
 
 impl Drop for RequestStream {
     fn drop(&mut self) {
-        if let Some(route) = &self.route {
-            route
-                .load(&self.inner)
-                .fetch_sub(route.counted, Ordering::Relaxed);
+        if let Some(route) = self.route.take() {
+            route.leave(&self.inner, Some(&self.sink));
         }
     }
 }
 
-/// A queued request that could not go out: another provider may take it.
-fn unsent() -> Status {
-    Status::error(
-        Code::Unavailable,
-        "the provider left before the request was sent",
-    )
+fn shutting_down() -> Status {
+    Status::error(Code::Unavailable, "the node is shutting down")
 }

@@ -71,6 +71,11 @@ struct Waiting {
 type Pending = Mutex<HashMap<MessageId, Waiting, IdHash>>;
 
 impl Waiting {
+    /// Whether nobody waits for the answer any more (a stream that was dropped).
+    fn abandoned(&self) -> bool {
+        matches!(&self.reply, ReplyTo::Stream(sink) if sink.is_closed())
+    }
+
     /// Answers the request `id` (whoever takes it out of `pending` answers it, once).
     fn answer(self, id: MessageId, result: Result<Answer, Status>) {
         match self.reply {
@@ -283,19 +288,25 @@ impl PeerClient {
         let (reply_tx, reply_rx) = oneshot::channel();
         let replies_before = shared.replies.load(Ordering::Relaxed);
         let deadline_ms = shared.ms_since_epoch(deadline, true);
-        let others = {
+        let (others, displaced) = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            // Closed under the lock: `close` empties the map after setting it, so an
+            // entry put in after that would never be answered.
+            if shared.closed.load(Ordering::Acquire) {
+                return Err(not_sent());
+            }
             let others = pending.len();
-            pending.insert(
-                id,
-                Waiting {
-                    reply: ReplyTo::Call(reply_tx),
-                    deadline_ms,
-                    replies_before,
-                },
-            );
-            others
+            let waiting = Waiting {
+                reply: ReplyTo::Call(reply_tx),
+                deadline_ms,
+                replies_before,
+            };
+            (others, pending.insert(id, waiting))
         };
+        if let Some(w) = displaced {
+            // The same id reused while its first request still waited.
+            w.answer(id, Err(lost()));
+        }
         let mut cleanup = RemoveOnDrop(&shared.pending, id, true);
         // The expiry task wakes for the earliest deadline; it is told only when this one
         // is earlier (the first call after a quiet time, or a shorter deadline).
@@ -327,6 +338,16 @@ impl PeerClient {
         self.shared.timed_out(replies_before)
     }
 
+    /// Drops the requests whose answers go to `sink` (a stream that is dropped): nobody
+    /// waits for them, and the map would keep them until their deadlines.
+    pub(crate) fn forget(&self, sink: &Sink) {
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, w| !matches!(&w.reply, ReplyTo::Stream(s) if s.same_channel(sink)));
+    }
+
     /// Sends one frame of a stream's requests (one request, or a batch: SPEC 5.3) whose
     /// answers go to `sink`. Each request is answered there once: by its reply, by
     /// DEADLINE_EXCEEDED at its deadline, or by what kept it from being sent or answered.
@@ -336,22 +357,31 @@ impl PeerClient {
         let shared = &self.shared;
         let replies_before = shared.replies.load(Ordering::Relaxed);
         let (mut earliest, mut latest) = (u64::MAX, Instant::now());
+        let mut displaced = Vec::new();
         {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if shared.closed.load(Ordering::Acquire) {
+                // Closed: `close` emptied the map already, and would not answer these.
+                drop(pending);
+                let answers = requests.iter().map(|(id, _)| (*id, Err(not_sent())));
+                let _ = sink.send(answers.collect());
+                return;
+            }
             for &(id, deadline) in requests {
                 let deadline_ms = shared.ms_since_epoch(deadline, true);
                 earliest = earliest.min(deadline_ms);
                 latest = latest.max(deadline);
                 let reply = ReplyTo::Stream(sink.clone());
-                pending.insert(
-                    id,
-                    Waiting {
-                        reply,
-                        deadline_ms,
-                        replies_before,
-                    },
-                );
+                let waiting = Waiting {
+                    reply,
+                    deadline_ms,
+                    replies_before,
+                };
+                displaced.extend(pending.insert(id, waiting).map(|w| (id, w)));
             }
+        }
+        for (id, w) in displaced {
+            w.answer(id, Err(lost()));
         }
         if shared.armed_ms.fetch_min(earliest, Ordering::AcqRel) > earliest {
             shared.expire.notify_one();
@@ -513,13 +543,16 @@ fn fail_all(pending: &Pending, why: &str) {
 async fn supervise(shared: Arc<Shared>, mut queue: mpsc::Receiver<ZmqMessage>) {
     /// Marks the client closed however the supervisor ends (the node's cancellation
     /// included, which cancels the client's token without [`PeerClient::close`]).
-    struct Closed<'a>(&'a std::sync::atomic::AtomicBool);
+    /// It also answers what still waits (after the flag, so that a request made later
+    /// is refused rather than left waiting).
+    struct Closed<'a>(&'a Shared);
     impl Drop for Closed<'_> {
         fn drop(&mut self) {
-            self.0.store(true, Ordering::Release);
+            self.0.closed.store(true, Ordering::Release);
+            fail_all(&self.0.pending, "the client stopped");
         }
     }
-    let _closed = Closed(&shared.closed);
+    let _closed = Closed(&shared);
     let endpoint = shared.endpoint.as_str();
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -616,8 +649,10 @@ async fn expire(shared: Arc<Shared>) {
         let now_ms = shared.ms_since_epoch(Instant::now(), false);
         let (expired, next) = {
             let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let expired: Vec<(MessageId, Waiting)> =
-                pending.extract_if(|_, w| w.deadline_ms <= now_ms).collect();
+            // With those of dropped streams (whose purge missed a client they had left).
+            let expired: Vec<(MessageId, Waiting)> = pending
+                .extract_if(|_, w| w.deadline_ms <= now_ms || w.abandoned())
+                .collect();
             let next = pending.values().map(|w| w.deadline_ms).min();
             (expired, next.unwrap_or(u64::MAX))
         };
