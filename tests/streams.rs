@@ -52,17 +52,7 @@ async fn counting_provider_and_caller() -> (NodeHandle, NodeHandle, Arc<AtomicUs
 /// An `mlmesh-node --echo demo.echo` process with a heartbeat of 1 s: suspect 2 s after
 /// it stops, gone 1 s later, wide enough windows to act in whatever the load.
 fn slow_heartbeat_echo(name: &str, mesh: &str, seed: &str) -> ChildNode {
-    ChildNode::spawn(
-        &[
-            ("MLMESH_NODE__NAME", name.into()),
-            ("MLMESH_NODE__MESH", mesh.into()),
-            ("MLMESH_DISCOVERY__MDNS", "false".into()),
-            ("MLMESH_DISCOVERY__SEEDS", seed.into()),
-            ("MLMESH_DISCOVERY__SEED_INTERVAL_MS", "200".into()),
-            ("MLMESH_LIVENESS__HEARTBEAT_MS", "1000".into()),
-        ],
-        &["--echo", "demo.echo"],
-    )
+    ChildNode::seeded_beating(name, mesh, seed, 1000, &["--echo", "demo.echo"])
 }
 
 async fn shutdown(nodes: [NodeHandle; 2]) {

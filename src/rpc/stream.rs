@@ -1,9 +1,10 @@
 //! Request streams: many requests to one topic in flight from one task, their answers
 //! read as they come, the way a DEALER socket is used. A call's future, its reply
 //! channel and its wake-up per request are the cost of [`NodeHandle::request`]; a
-//! stream has none of them. Its requests are encoded into the frame that carries them
-//! (a batch, SPEC 5.3, when the provider accepts batches), sent when its owner waits
-//! for an answer, and answered in chunks, one per reply frame.
+//! stream has none of them. A request made while others are on the wire is queued, and
+//! the queue goes out as one frame (a batch, SPEC 5.3, when the provider accepts
+//! batches) when the owner waits for an answer; a request made with none on the wire
+//! goes at once. Answers come back in chunks, one per reply frame.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,9 +79,11 @@ pub struct StreamReply<T> {
 }
 
 /// Many requests to one topic in flight from one task: [`send`](Self::send) queues a
-/// request and returns its id at once, [`next`](Self::next) sends what was queued and
-/// returns the next answer, in the order answers arrive. Every request sent gets
-/// exactly one answer. Made by [`NodeHandle::request_stream`].
+/// request (sending it at once if no other is on the wire) and returns its id,
+/// [`next`](Self::next) sends what was queued and returns the next answer, in the order
+/// answers arrive. Every request sent gets exactly one answer. Made by
+/// [`NodeHandle::request_stream`]; call it within the node's Tokio runtime (a stream may
+/// start tasks).
 ///
 /// The stream sends to one provider at a time, picked as a call's (the least loaded
 /// live one) at its first send, and picks again when that one stops being a provider

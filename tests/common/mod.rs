@@ -54,6 +54,17 @@ impl ChildNode {
 
     /// A child on loopback with mDNS off, seeded by `seed`, in `mesh`.
     pub fn seeded(name: &str, mesh: &str, seed: &str, args: &[&str]) -> ChildNode {
+        Self::seeded_beating(name, mesh, seed, 200, args)
+    }
+
+    /// As [`ChildNode::seeded`], with a heartbeat every `heartbeat_ms`.
+    pub fn seeded_beating(
+        name: &str,
+        mesh: &str,
+        seed: &str,
+        heartbeat_ms: u64,
+        args: &[&str],
+    ) -> ChildNode {
         Self::spawn(
             &[
                 ("MLMESH_NODE__NAME", name.into()),
@@ -61,7 +72,7 @@ impl ChildNode {
                 ("MLMESH_DISCOVERY__MDNS", "false".into()),
                 ("MLMESH_DISCOVERY__SEEDS", seed.into()),
                 ("MLMESH_DISCOVERY__SEED_INTERVAL_MS", "200".into()),
-                ("MLMESH_LIVENESS__HEARTBEAT_MS", "200".into()),
+                ("MLMESH_LIVENESS__HEARTBEAT_MS", heartbeat_ms.to_string()),
             ],
             args,
         )
