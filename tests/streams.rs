@@ -450,3 +450,28 @@ async fn a_stream_timing_out_on_a_stopped_provider_does_not_keep_it_alive() {
     drop(stream);
     within("the caller to shut down", WAIT, caller.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_requests_count_in_its_providers_load_until_answered_or_dropped() {
+    init_tracing();
+    let (provider, caller) = provider_and_caller().await;
+    let load = || caller.peers()[0].outstanding;
+    let mut stream = caller
+        .request_stream("work.sleep", StreamOptions::default().window(10))
+        .expect("a stream");
+    for ms in [0u64, 0, 0] {
+        stream.send(&ms).expect("queued");
+    }
+    while let Some(a) = within("three quick answers", WAIT, stream.next::<u64>()).await {
+        a.result.expect("slept 0 ms");
+    }
+    assert_eq!(load(), 0, "every answer read comes off the load");
+    for _ in 0..5 {
+        stream.send(&1_500u64).expect("queued");
+    }
+    stream.flush();
+    assert_eq!(load(), 5, "five requests on the wire");
+    drop(stream);
+    assert_eq!(load(), 0, "a dropped stream's requests come off the load");
+    shutdown([caller, provider]).await;
+}
