@@ -103,8 +103,6 @@ pub struct RequestStream {
     /// Requests queued and not sent yet, encoded when they are (with the deadline left
     /// then, SPEC 9.3).
     unsent: Vec<Queued>,
-    /// Requests sent or queued whose answer [`next`](Self::next) has not returned.
-    in_flight: usize,
     /// Requests sent whose answer has not come back to the stream yet: while none is,
     /// a request goes out at once (SPEC 5.3: no waiting for a batch with nothing else in
     /// flight).
@@ -235,7 +233,6 @@ impl RequestStream {
             _slots: slots,
             route: None,
             unsent: Vec::new(),
-            in_flight: 0,
             unanswered: 0,
             sink,
             answers,
@@ -250,7 +247,8 @@ impl RequestStream {
 
     /// Requests sent and not yet answered through [`next`](Self::next).
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        // Queued, on the wire (or its answer in the channel), or answered and not read.
+        self.unsent.len() + self.unanswered + self.ready.len()
     }
 
     /// Most requests in flight.
@@ -271,7 +269,7 @@ impl RequestStream {
 
     /// [`send`](Self::send) with raw MessagePack payload bytes.
     pub fn send_raw(&mut self, data: Bytes) -> Result<MessageId, Status> {
-        if self.in_flight >= self.window {
+        if self.in_flight() >= self.window {
             return Err(Status::error(
                 Code::ResourceExhausted,
                 format!(
@@ -300,7 +298,6 @@ impl RequestStream {
         {
             // No socket, so nothing to batch: to the handler at once.
             mlmesh_protocol::check_payload(&data).map_err(|e| e.to_status())?;
-            self.in_flight += 1;
             self.call_locally(Queued {
                 id,
                 time,
@@ -315,7 +312,6 @@ impl RequestStream {
             deadline,
             data,
         });
-        self.in_flight += 1;
         if self.unanswered > 0 {
             // Answers that came meanwhile count: the last one may have emptied the wire.
             while let Ok(chunk) = self.answers.try_recv() {
@@ -448,7 +444,6 @@ impl RequestStream {
     pub async fn next_raw(&mut self) -> Option<StreamReply<Bytes>> {
         loop {
             if let Some((id, answer)) = self.ready.pop_front() {
-                self.in_flight -= 1;
                 return Some(StreamReply {
                     id,
                     result: answer.and_then(|a| a),
@@ -458,7 +453,7 @@ impl RequestStream {
                 self.received(chunk);
                 continue;
             }
-            if self.in_flight == 0 {
+            if self.in_flight() == 0 {
                 return None;
             }
             self.flush();
