@@ -107,7 +107,7 @@ async fn mlflow_itself_shows_what_the_mesh_logged() {
         },
     )
     .await;
-    let trainer = client_of(&node, &mesh).await;
+    let trainer = Backend::Mlflow.client(&node, &mesh).await;
     let experiment = format!("seen-{}", unique_mesh());
     let run = Tracking::new(&trainer)
         .start_run(&experiment, Some("baseline"))

@@ -28,7 +28,7 @@ impl Mesh {
         let mesh = common::unique_mesh();
         let served = backend.registry("registry", &mesh).await;
         let registry = served.node.clone();
-        let client = common::client_of(&registry, &mesh).await;
+        let client = backend.client(&registry, &mesh).await;
         Mesh {
             registry,
             client,

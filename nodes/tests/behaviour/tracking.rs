@@ -28,7 +28,7 @@ pub async fn mesh(backend: Backend) -> Mesh {
     let mesh = unique_mesh();
     let served = backend.tracker("tracker", &mesh).await;
     let tracker = served.node.clone();
-    let client = client_of(&tracker, &mesh).await;
+    let client = backend.client(&tracker, &mesh).await;
     let tracking = Tracking::new(&client);
     Mesh {
         tracker,
@@ -449,7 +449,9 @@ pub async fn a_run_whose_owner_leaves_the_mesh_becomes_crashed(backend: Backend)
     let m = mesh(backend).await;
     let mut sub = m.client.subscribe("tracking.run.ended").unwrap();
     // The owner is a separate node that starts a run and leaves without ending it.
-    let owner = client_of(&m.tracker, &m.tracker.config().node.mesh).await;
+    let owner = backend
+        .client(&m.tracker, &m.tracker.config().node.mesh)
+        .await;
     let run = Tracking::new(&owner)
         .start_run("crash", None)
         .await
@@ -568,7 +570,7 @@ pub async fn eight_writer_nodes_at_once_lose_nothing(backend: Backend) {
         let tracker = m.tracker.clone();
         let mesh_name = mesh_name.clone();
         tasks.push(tokio::spawn(async move {
-            let node = client_of(&tracker, &mesh_name).await;
+            let node = backend.client(&tracker, &mesh_name).await;
             let run = Tracking::new(&node)
                 .start_run("concurrent", Some(&format!("writer-{w}")))
                 .await

@@ -14,7 +14,7 @@ use mlmesh_nodes::mlflow::{Mlflow, MlflowSection};
 use mlmesh_nodes::registry::Registry;
 use mlmesh_nodes::tracker::Tracker;
 
-use super::{local, store_section};
+use super::{local, seeded, store_section, wait_alive};
 
 /// What serves `tracking/1` and `registry/1` in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,25 @@ impl Backend {
             Backend::Mlflow => adapter(name, mesh, &dir).await,
         };
         Served { node, _dir: dir }
+    }
+
+    /// A plain node seeded by `server`, returned once it sees `server` alive. A client
+    /// of the adapter waits for a reply as long as the adapter waits for MLflow
+    /// (`timeout_ms`): the one MLflow server of a test binary serves every test at once
+    /// with one worker, and under the suite a 1,000-metric `runs/log-batch` was measured
+    /// to take 5.6 s, so the mesh's default 5 s deadline would fail calls that MLflow
+    /// is still answering.
+    pub async fn client(self, server: &NodeHandle, mesh: &str) -> NodeHandle {
+        let mut config = seeded("client", mesh, server);
+        if self == Backend::Mlflow {
+            config.limits.default_deadline_ms = MlflowSection::default()
+                .timeout_ms
+                .try_into()
+                .expect("MLflow's timeout fits a deadline");
+        }
+        let client = Node::builder(config).spawn().await.expect("client starts");
+        wait_alive(&client, server.id()).await;
+        client
     }
 
     /// A node serving `registry/1` in `mesh`, named `name`.
