@@ -623,15 +623,16 @@ fn a_stalled_subscriber_neither_blocks_the_publisher_nor_grows_it_without_bound(
     );
     // The PUB never waits for a subscriber. A publisher held back by the stalled one
     // would send little more than the queues in front of it hold (SUBSCRIBER_QUEUE +
-    // ZMQ_FANOUT_QUEUE + the publish queue: under a quarter of the flood); the rest
-    // would be dropped. Some drops happen anyway: with batching off each event is a
-    // frame through zmq.rs, which costs more than a publish, so under DropNewest the
-    // flood loses a share whenever the node's tasks get less CPU than its loop (0-17 %
-    // seen on this 2-core machine, with and without a subscriber).
+    // ZMQ_FANOUT_QUEUE + the publish queue: 23.5 % of the flood); the rest would be
+    // dropped. Some drops happen anyway: with batching off each event is a frame
+    // through zmq.rs, which costs more than a publish, so under DropNewest the flood
+    // loses a share whenever the node's tasks get less CPU than its loop (0-17 % seen
+    // on this 2-core machine, with and without a subscriber; 50.6 % once while a
+    // compiler shared the two cores). A third of the flood keeps a margin above both.
     let frames = stat(&stalled.stats, "frames_published");
     let dropped = stat(&stalled.stats, "events_dropped");
     assert!(
-        frames >= FLOOD_EVENTS / 2,
+        frames >= FLOOD_EVENTS / 3,
         "the stalled subscriber held the publisher back: {}",
         stalled.stats
     );
