@@ -14,7 +14,7 @@ use mlmesh_nodes::mlflow::{Mlflow, MlflowSection};
 use mlmesh_nodes::registry::Registry;
 use mlmesh_nodes::tracker::Tracker;
 
-use super::{local, seeded, store_section, wait_alive};
+use super::{client_with, local, seeded, store_section};
 
 /// What serves `tracking/1` and `registry/1` in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +93,7 @@ impl Backend {
                 .try_into()
                 .expect("MLflow's timeout fits a deadline");
         }
-        let client = Node::builder(config).spawn().await.expect("client starts");
-        wait_alive(&client, server.id()).await;
-        client
+        client_with(server, config).await
     }
 
     /// A node serving `registry/1` in `mesh`, named `name`.

@@ -42,10 +42,12 @@ pub async fn wait_alive(node: &NodeHandle, id: NodeId) {
 
 /// A plain node seeded by `server`, returned once it sees `server` alive.
 pub async fn client_of(server: &NodeHandle, mesh: &str) -> NodeHandle {
-    let client = Node::builder(seeded("client", mesh, server))
-        .spawn()
-        .await
-        .expect("client starts");
+    client_with(server, seeded("client", mesh, server)).await
+}
+
+/// A plain node of `config` (seeded by `server`), returned once it sees `server` alive.
+pub async fn client_with(server: &NodeHandle, config: Config) -> NodeHandle {
+    let client = Node::builder(config).spawn().await.expect("client starts");
     wait_alive(&client, server.id()).await;
     client
 }
