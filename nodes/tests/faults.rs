@@ -73,6 +73,17 @@ fn role_process() {
         .enable_all()
         .build()
         .unwrap();
+    // A role's log goes to its stderr file (its stdout is the lines the test reads): at
+    // info, as the node binaries log, peers joining and leaving, for a failure's report;
+    // `MLMESH_FAULTS_NODE_LOG` sets another filter.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MLMESH_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let words: Vec<String> = role.split_whitespace().map(String::from).collect();
     match words.first().map(String::as_str) {
         Some("trainer") => rt.block_on(trainer(&words[1..])),
@@ -667,10 +678,13 @@ fn tracker_killed_mid_stream_loses_no_acknowledged_batch() {
                     if steady_log.acked.len() > before + 1 {
                         break;
                     }
-                    assert!(
-                        start.elapsed() < 3 * WAIT,
-                        "the trainer never got through again"
-                    );
+                    if start.elapsed() >= 3 * WAIT {
+                        explain_no_recovery(&probe, &[&steady, trackers.last().unwrap()]);
+                        panic!(
+                            "the trainer never got through again; its calls: {}",
+                            steady_log.calls
+                        );
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 recoveries.push(killed.elapsed());
@@ -1474,6 +1488,28 @@ fn a_slow_subscriber_costs_only_its_own_events() {
     );
 }
 
+/// Before a panic for a trainer that no longer gets through: the probe's peer table
+/// and the stderr tails of `procs` (their logs, with `MLMESH_FAULTS_NODE_LOG` set).
+fn explain_no_recovery(probe: &NodeHandle, procs: &[&Proc]) {
+    for p in probe.peers() {
+        println!(
+            "--- the probe sees {} ({}) {:?}, serves {}",
+            p.name,
+            p.id,
+            p.state,
+            p.serves.join(",")
+        );
+    }
+    for p in procs {
+        println!(
+            "--- {} ({}) stderr tail:\n{}",
+            p.label,
+            p.id,
+            p.stderr_tail(6000)
+        );
+    }
+}
+
 /// [`wait_agreement`], and on failure the state and stderr of every process in `procs`
 /// that does not answer or disagrees, before the panic.
 async fn agree_or_explain(
@@ -1489,15 +1525,7 @@ async fn agree_or_explain(
             for p in procs.iter_mut() {
                 if report.iter().any(|r| r.contains(&p.id.to_string())) {
                     let alive = format!("{:?}", p.child.try_wait());
-                    let err = p.stderr_text();
-                    let tail: String = err
-                        .chars()
-                        .rev()
-                        .take(3000)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect();
+                    let tail = p.stderr_tail(3000);
                     println!(
                         "--- {} ({}) exit status {alive}, stderr tail:\n{tail}",
                         p.label, p.id

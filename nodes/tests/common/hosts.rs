@@ -337,10 +337,10 @@ impl Lab {
             ("MLMESH_NETWORK__BIND", self.addr(i)),
             ("MLMESH_LIVENESS__HEARTBEAT_MS", heartbeat_ms.to_string()),
         ];
-        if let Ok(filter) = std::env::var("MLMESH_FAULTS_NODE_LOG") {
-            // Debugging a fault test: the nodes' own logs, in their stderr files.
-            env.push(("MLMESH_LOG", filter));
-        }
+        // The nodes' own logs, in their stderr files for a failure's report: at info
+        // (nodes starting, peers joining), or as `MLMESH_FAULTS_NODE_LOG` says.
+        let filter = std::env::var("MLMESH_FAULTS_NODE_LOG").unwrap_or_else(|_| "info".into());
+        env.push(("MLMESH_LOG", filter));
         match self.discovery {
             Discovery::Mdns => {
                 env.push(("MLMESH_DISCOVERY__MDNS", "true".into()));
@@ -670,6 +670,13 @@ impl Proc {
     /// What it wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The last `chars` characters of its stderr.
+    pub fn stderr_tail(&self, chars: usize) -> String {
+        let text = self.stderr_text();
+        let skip = text.chars().count().saturating_sub(chars);
+        text.chars().skip(skip).collect()
     }
 
     /// Panics if it wrote `panicked` to stderr.
