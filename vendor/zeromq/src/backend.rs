@@ -137,13 +137,10 @@ impl GenericSocketBackend {
                     }
                 },
             };
-            let send_result = match self.peers.get_async(&next_peer_id).await {
-                Some(mut peer) => {
-                    let peer = &mut *peer;
-                    send_to_peer_queue(&mut peer.send_queue, peer.direct.as_deref(), message).await
-                }
-                None => continue,
+            let Some((mut send_queue, direct)) = self.peer_sender(&next_peer_id).await else {
+                continue;
             };
+            let send_result = send_to_peer_queue(&mut send_queue, direct.as_deref(), message).await;
             return match send_result {
                 Ok(()) => {
                     self.round_robin.push(next_peer_id);
@@ -170,13 +167,10 @@ impl GenericSocketBackend {
             SendResolution::Miss(message) => message,
         };
 
-        let send_result = match self.peers.get_async(peer_id).await {
-            Some(mut peer) => {
-                let peer = &mut *peer;
-                send_to_peer_queue(&mut peer.send_queue, peer.direct.as_deref(), message).await
-            }
-            None => return Err(ZmqError::Other("Destination client not found by identity")),
+        let Some((mut send_queue, direct)) = self.peer_sender(peer_id).await else {
+            return Err(ZmqError::Other("Destination client not found by identity"));
         };
+        let send_result = send_to_peer_queue(&mut send_queue, direct.as_deref(), message).await;
         match send_result {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -184,6 +178,17 @@ impl GenericSocketBackend {
                 Err(e.into())
             }
         }
+    }
+
+    /// A peer's queue and connection, copied out of the map so that no bucket of it stays
+    /// locked while a send waits for room (PATCHES.md, 12): `peer_disconnected` takes
+    /// the bucket with `remove_sync`, which parks its worker thread until it is free.
+    async fn peer_sender(
+        &self,
+        peer_id: &PeerIdentity,
+    ) -> Option<(mpsc::Sender<Message>, Option<Arc<Direct>>)> {
+        let peer = self.peers.get_async(peer_id).await?;
+        Some((peer.send_queue.clone(), peer.direct.clone()))
     }
 
     /// mlmesh patch (PATCHES.md, 7): queues `message` without waiting when the socket has
@@ -599,6 +604,54 @@ mod tests {
         assert_eq!(0, backend.peer_count.load(Ordering::Acquire));
         assert!(backend.single_peer.lock().is_none());
         assert!(backend.peers.get_async(&peer_id).await.is_none());
+    }
+
+    /// PATCHES.md, 12: a send that waits for room in a peer's queue holds no bucket of
+    /// the map, so `peer_disconnected` (`remove_sync`, which parks its thread) returns.
+    #[crate::async_rt::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_a_send_waiting_for_room_does_not_block_peer_disconnected() {
+        let backend = Arc::new(GenericSocketBackend::with_options(
+            None,
+            SocketType::ROUTER,
+            SocketOptions::default(),
+        ));
+        let (_a, _a_queue) = insert_peer(&backend, "peer-a".parse().expect("peer id")).await;
+        let (b, b_queue) = insert_peer(&backend, "peer-b".parse().expect("peer id")).await;
+        // Two peers: no single-peer cache, sends go through the map. Fill b's queue.
+        {
+            let mut peer = backend.peers.get_async(&b).await.expect("peer b");
+            while peer
+                .send_queue
+                .try_send(message_with_frame(b"fill"))
+                .is_ok()
+            {}
+        }
+        let sending = {
+            let (backend, b) = (backend.clone(), b.clone());
+            tokio::spawn(
+                async move { backend.send_to_peer(&b, message_with_frame(b"waits")).await },
+            )
+        };
+        // Before PATCHES.md 12 it waits for room here, holding b's bucket.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+        let disconnected = {
+            let (backend, b) = (backend.clone(), b.clone());
+            tokio::task::spawn_blocking(move || backend.peer_disconnected(&b))
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), disconnected)
+            .await
+            .expect("peer_disconnected returns while a send waits")
+            .expect("no panic");
+        assert!(backend.peers.get_async(&b).await.is_none());
+
+        // The send has ended, or ends when the queue's reader goes.
+        drop(b_queue);
+        tokio::time::timeout(std::time::Duration::from_secs(5), sending)
+            .await
+            .expect("the send ends")
+            .expect("no panic")
+            .ok();
     }
 
     #[crate::async_rt::test]
